@@ -1,0 +1,1 @@
+"""Reusable config presets (model sizes, mesh, optimizer, data) that experiment files compose."""

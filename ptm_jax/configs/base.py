@@ -1,0 +1,89 @@
+"""The base ConfigDict every experiment starts from; every field here can be overridden by flag."""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from ptm_jax import models, objectives, optim
+from ptm_jax.data import loader as data_loader
+
+
+def model_config(family: str, variant: str, **overrides) -> ml_collections.ConfigDict:
+  """All Config fields of a family at a named size, so each is a typed, overridable flag."""
+  module = models.get_family(family)
+  if variant not in module.VARIANTS:
+    raise ValueError(f"unknown {family} variant {variant!r}; known: {sorted(module.VARIANTS)}")
+  fields = {}
+  defaults = module.Config(vocab_size=1) if _needs_vocab(module) else module.Config()
+  for f in dataclasses.fields(module.Config):
+    value = getattr(defaults, f.name)
+    if f.name in module.VARIANTS[variant]:
+      value = module.VARIANTS[variant][f.name]
+    if f.name in ("dtype", "param_dtype"):
+      value = _dtype_name(value)
+    if isinstance(value, tuple):
+      value = list(value)
+    fields[f.name] = value
+  fields["vocab_size"] = 0  # 0 = take it from the tokenizer
+  fields.update(overrides)
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(module.Config)}
+  if unknown:
+    raise ValueError(f"unknown {family} Config fields {sorted(unknown)}")
+  return ml_collections.ConfigDict({"family": family, "variant": variant, **fields})
+
+
+def _needs_vocab(module) -> bool:
+  f = {x.name: x for x in dataclasses.fields(module.Config)}["vocab_size"]
+  return f.default is dataclasses.MISSING
+
+
+def _dtype_name(value) -> str:
+  import numpy as np
+  return np.dtype(value).name if not isinstance(value, str) else value
+
+
+def objective_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The objective's Options defaults as config fields (+ its name)."""
+  module = objectives.get(name)
+  fields = {f.name: f.default for f in dataclasses.fields(module.Options)}
+  fields.update(overrides)
+  objectives.build_options(module, fields)  # validates the overrides now, not at step 0
+  return ml_collections.ConfigDict({"name": name, **fields})
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  """Loop fields: steps, batch, accumulation, cadences, checkpoint retention."""
+  cfg = ml_collections.ConfigDict(dict(
+      steps=1000,
+      stop_at=0,             # stop (and checkpoint) early at this step; 0 = run to `steps`
+      batch_size=32,         # global, in rows of data.seq_len tokens
+      grad_accum=1,
+      log_every=50,
+      eval_every=500,        # 0 disables evaluation
+      eval_batches=10,
+      eval_batch_size=0,     # 0 = batch_size
+      eval_split="validation",
+      test_split="",         # also evaluated at every eval when set (reported at the best dev eval)
+      early_stop_patience=0,  # evaluations without improvement before stopping; 0 = off
+      early_stop_metric="eval/accuracy",
+      checkpoint_every=1000,
+      keep_checkpoints=2,
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def base_config(family: str, variant: str, objective: str) -> ml_collections.ConfigDict:
+  """A complete run config; experiment files adjust it."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.init_from = ""      # a run dir / checkpoint to load params from (fine-tuning)
+  config.model = model_config(family, variant)
+  config.objective = objective_config(objective)
+  config.data = data_loader.default_data_config()
+  config.optim = optim.default_optim_config()
+  config.train = train_config()
+  config.mesh = ml_collections.ConfigDict(dict(preset="dp", tensor_parallel=0))
+  config.report = ml_collections.ConfigDict(dict(title=""))
+  return config

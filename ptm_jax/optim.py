@@ -1,0 +1,72 @@
+"""optax builders: AdamW / LAMB / Adafactor, warmup + decay schedules, weight-decay masks, clipping."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+# Leaves whose path contains one of these names are never weight-decayed (BERT recipe: biases and norms).
+NO_DECAY_NAMES = ("bias", "scale", "norm", "ln")
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  """The optimizer fields every experiment carries (BERT-style AdamW defaults)."""
+  return ml_collections.ConfigDict(dict(
+      name="adamw",            # adamw | lamb | adafactor
+      learning_rate=1e-4,
+      warmup_steps=100,
+      schedule="linear",       # linear | cosine | constant (after warmup)
+      end_lr_fraction=0.0,     # final LR as a fraction of the peak
+      b1=0.9, b2=0.999, eps=1e-6,
+      weight_decay=0.01,
+      clip_norm=1.0,           # global-norm clipping; 0 disables
+  ))
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup to the peak, then linear/cosine decay (or constant) until `total_steps`."""
+  peak, warm = cfg.learning_rate, int(cfg.warmup_steps)
+  decay_steps = max(int(total_steps) - warm, 1)
+  end = peak * cfg.end_lr_fraction
+  if cfg.schedule == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_fraction)
+  elif cfg.schedule == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose linear, cosine or constant")
+  if warm <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for leaves that get weight decay: matrices, not biases or norm scales."""
+  def keep(path, leaf) -> bool:
+    names = [str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path]
+    if any(n in NO_DECAY_NAMES or n.endswith("_norm") or "norm" in n for n in names[-2:]):
+      return False
+    return getattr(leaf, "ndim", 0) >= 2
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optax chain (clip -> optimizer with LR schedule and masked decay)."""
+  schedule = make_schedule(cfg, total_steps)
+  if cfg.name == "adamw":
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                      weight_decay=cfg.weight_decay, mask=decay_mask)
+  elif cfg.name == "lamb":
+    opt = optax.lamb(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay, mask=decay_mask)
+  elif cfg.name == "adafactor":
+    opt = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
+                          weight_decay_mask=decay_mask)
+  else:
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose adamw, lamb or adafactor")
+  chain = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+  return optax.chain(*chain, opt), schedule

@@ -1,0 +1,67 @@
+"""The main job: [tokenizer] -> pretrain -> [downstream fine-tune / probe] -> report (md + png)."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from ptm_jax import metrics as metrics_lib
+from ptm_jax import train
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage the config names and writes `workdir/report.md` + `workdir/curves.png`."""
+  os.makedirs(workdir, exist_ok=True)
+  pretrain_dir = os.path.join(workdir, "pretrain") if _has_downstream(config) else workdir
+  result = train.train(config, pretrain_dir)
+  summary = {"pretrain": result, "downstream": None}
+  if _has_downstream(config) and not result.preempted:
+    from ptm_jax import tasks  # the downstream stage is only imported when a config asks for it
+    summary["downstream"] = tasks.run_downstream(config, workdir, pretrained_dir=pretrain_dir)
+  if jax.process_index() == 0:
+    report = write_report(config, workdir, summary)
+    print(report)
+  return summary
+
+
+def _has_downstream(config) -> bool:
+  return "downstream" in config and bool(config.downstream.get("tasks"))
+
+
+def write_report(config, workdir: str, summary: dict) -> str:
+  """Markdown report + loss curves of the run; returns the markdown text."""
+  r: train.TrainResult = summary["pretrain"]
+  curves = os.path.join(workdir, "curves.png")
+  metrics_lib.plot_curves(_metrics_files(workdir), curves)
+  title = config.report.title or f"{config.model.family}/{config.model.variant} + {config.objective.name}"
+  lines = [
+      f"# {title}",
+      "",
+      f"{datetime.date.today().isoformat()} · {jax.device_count()}× {jax.devices()[0].device_kind}"
+      f" · mesh `{config.mesh.preset}` · data `{config.data.source}`",
+      "",
+      "| stage | steps | params | tokens seen | train loss | eval loss | eval accuracy | wall time |",
+      "|---|---|---|---|---|---|---|---|",
+      f"| pretrain ({config.objective.name}) | {r.step} | {r.num_params / 1e6:.2f}M | "
+      f"{r.tokens_seen:,} | {r.train_loss:.3f} | {r.eval_metrics.get('eval/loss', float('nan')):.3f} | "
+      f"{r.eval_metrics.get('eval/accuracy', float('nan')):.3f} | {r.wall_time_s:.0f}s |",
+  ]
+  if summary.get("downstream"):
+    lines += ["", summary["downstream"]["markdown"]]
+  lines += ["", f"![curves]({os.path.basename(curves)})", ""]
+  text = "\n".join(lines)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(text)
+  logging.info("report written to %s", os.path.join(workdir, "report.md"))
+  return text
+
+
+def _metrics_files(workdir: str) -> list[str]:
+  found = []
+  for root, _, files in os.walk(workdir):
+    if "metrics.jsonl" in files and "checkpoints" not in root:
+      found.append(os.path.join(root, "metrics.jsonl"))
+  return sorted(found)

@@ -1,0 +1,97 @@
+"""Axis-name vocabulary, mesh construction and logical rules -> NamedSharding.
+
+Every preset shares ONE rule table; presets only change the mesh shape. This is the T5X idea: data
+parallelism, FSDP and tensor parallelism are mesh shapes, not code paths. When a mesh axis is
+already taken by an earlier dimension of the same array (activations: `batch` holds `fsdp`), flax
+skips that rule, so `embed` is sharded for parameters and replicated for activations.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "expert", "layers")
+
+# Logical name -> mesh axis. ~10 rules, shared by every preset.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("expert", "fsdp"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+# Preset -> which axis absorbs the devices (-1) and fixed sizes for the others.
+PRESETS = {
+    "dp": {"data": -1, "fsdp": 1, "tensor": 1},
+    "fsdp": {"data": 1, "fsdp": -1, "tensor": 1},
+    "fsdp_tp": {"data": 1, "fsdp": -1, "tensor": 2},
+}
+
+
+def mesh_shape(preset: str, num_devices: int, tensor_parallel: int = 0) -> dict[str, int]:
+  """Resolves a preset name into concrete mesh axis sizes for `num_devices`."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown mesh preset {preset!r}; choose one of {sorted(PRESETS)}")
+  shape = dict(PRESETS[preset])
+  if tensor_parallel:
+    shape["tensor"] = tensor_parallel
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if num_devices % fixed:
+    raise ValueError(
+        f"mesh preset {preset!r} needs a device count divisible by {fixed}, got {num_devices}; "
+        "set --config.mesh.tensor_parallel or use preset 'dp'")
+  for k, v in shape.items():
+    if v == -1:
+      shape[k] = num_devices // fixed
+  # When the device count is smaller than the fixed tensor size (e.g. 1 CPU), fold it away.
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(f"mesh {shape} does not use exactly {num_devices} devices")
+  return shape
+
+
+def make_mesh(preset: str = "dp", devices: Sequence[jax.Device] | None = None,
+              tensor_parallel: int = 0) -> Mesh:
+  """Builds the (data, fsdp, tensor) mesh for a preset over all (global) devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  tp = tensor_parallel or PRESETS.get(preset, {}).get("tensor", 1)
+  if len(devices) < tp or len(devices) % tp:
+    tp = 1  # e.g. `fsdp_tp` on a single device: tensor axis of size 1, same code.
+  shape = mesh_shape(preset, len(devices), tensor_parallel=tp)
+  dims = tuple(shape[a] for a in MESH_AXES)
+  try:
+    dev_array = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
+  except Exception:  # CPU / irregular topologies: plain reshape is fine.
+    dev_array = np.asarray(devices).reshape(dims)
+  return Mesh(dev_array, MESH_AXES)
+
+
+def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+  """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  specs = nn.logical_to_mesh(logical_tree, rules)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a `[batch, length]` input array: rows split over data×fsdp."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the batch dimension is split."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]

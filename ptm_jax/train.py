@@ -1,0 +1,322 @@
+"""The one generic training loop: sharded init, jitted step, eval, checkpoints, metrics.
+
+Pretraining and fine-tuning both run here; they differ only in objective, data and init.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import linen as nn
+
+from ptm_jax import checkpoint as ckpt
+from ptm_jax import metrics as metrics_lib
+from ptm_jax import models, objectives, optim, sharding, steps
+from ptm_jax.data import loader as data_loader
+from ptm_jax.data import tokenizers
+from ptm_jax.state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the loss becomes NaN/Inf; names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished (or stopped) run reports back to run.py."""
+
+  workdir: str
+  step: int
+  train_loss: float
+  eval_metrics: dict[str, float]
+  eval_history: list[dict[str, float]]
+  tokens_seen: int
+  wall_time_s: float
+  num_params: int
+  preempted: bool = False
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks, so the loop saves and exits cleanly."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler, no flag.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int, objective: Any, options: Any):
+  """The model for this run: the objective's own builder if it has one, else the family's."""
+  fields = {k: v for k, v in config.model.items() if k not in ("family", "variant")}
+  if fields.get("vocab_size", 0) in (0, None):
+    fields["vocab_size"] = vocab_size
+  elif fields["vocab_size"] != vocab_size:
+    raise ValueError(f"model.vocab_size={fields['vocab_size']} but the tokenizer has {vocab_size} "
+                     "ids; set --config.model.vocab_size=0 to take it from the tokenizer")
+  for key in ("dtype", "param_dtype"):
+    if isinstance(fields.get(key), str):
+      fields[key] = jnp.dtype(fields[key])
+  if hasattr(objective, "build_model"):
+    return objective.build_model(config.model.family, config.model.variant, fields, options)
+  return models.build(config.model.family, config.model.variant, **fields)
+
+
+def _init_variables(model, batch_shape, rng):
+  dummy = jnp.zeros(batch_shape, jnp.int32)
+  ones = jnp.ones(batch_shape, jnp.int32)
+  return model.init({"params": rng, "dropout": rng}, dummy, segment_ids=ones,
+                    positions=jnp.broadcast_to(jnp.arange(batch_shape[1]), batch_shape),
+                    deterministic=True)["params"]
+
+
+def create_state(model, tx, mesh, batch_shape, seed: int, init_params: Any | None = None):
+  """Initialises the TrainState directly sharded: eval_shape -> logical specs -> jit(out_shardings)."""
+  base_rng = jax.random.key(seed)
+
+  def init(rng, boxed: bool):
+    params = _init_variables(model, batch_shape, rng)
+    if not boxed:
+      params = nn.unbox(params)
+    opt_params = params
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(opt_params),
+                      rng=jax.random.fold_in(rng, 1))
+
+  with mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    abstract_boxed = jax.eval_shape(lambda r: init(r, True), base_rng)
+    logical_specs = nn.get_partition_spec(abstract_boxed)
+    state_sharding = sharding.logical_to_sharding(logical_specs, mesh)
+    state = jax.jit(lambda r: init(r, False), out_shardings=state_sharding)(base_rng)
+  if init_params is not None:
+    merged = merge_pretrained(jax.device_get(state.params), init_params)
+    state = state.replace(params=jax.device_put(merged, state_sharding.params))
+  return state, state_sharding
+
+
+def merge_pretrained(fresh: Any, pretrained: Any) -> Any:
+  """Copies pretrained leaves into the fresh tree where keys and shapes match (top or one level down)."""
+  fresh = jax.tree.map(np.asarray, fresh)
+  target_path: tuple = ()
+  if not set(pretrained) <= set(fresh):
+    hits = [k for k, sub in fresh.items() if isinstance(sub, dict) and set(pretrained) <= set(sub)]
+    if not hits:
+      raise ValueError("init_from: the pretrained params share no top-level modules with this "
+                       f"model (pretrained {sorted(pretrained)[:6]}, model {sorted(fresh)[:6]})")
+    target_path = (hits[0],)
+  loaded, skipped = 0, []
+
+  def copy(dst: dict, src: dict, path: str):
+    nonlocal loaded
+    for k, v in src.items():
+      if k not in dst:
+        skipped.append(f"{path}{k}")
+      elif isinstance(v, dict):
+        copy(dst[k], v, f"{path}{k}/")
+      elif tuple(np.shape(dst[k])) != tuple(np.shape(v)):
+        skipped.append(f"{path}{k} {np.shape(v)}->{np.shape(dst[k])}")
+      else:
+        dst[k] = np.asarray(v, dtype=np.asarray(dst[k]).dtype)
+        loaded += 1
+
+  sub = fresh
+  for k in target_path:
+    sub = sub[k]
+  copy(sub, pretrained, "/".join(target_path) + "/" if target_path else "")
+  logging.info("init_from: loaded %d tensors, skipped %d %s", loaded, len(skipped), skipped[:5])
+  return fresh
+
+
+def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+          for k, v in local.items()}
+
+
+def _mean_metrics(records: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Averages per-step metrics; counters (num_*) are summed."""
+  out = {}
+  for k in records[0]:
+    vals = np.asarray([r[k] for r in records], np.float64)
+    out[k] = float(vals.sum() if k.startswith("num_") else vals.mean())
+  return out
+
+
+def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: str
+             ) -> dict[str, float]:
+  """One pass over `split` (at most `train.eval_batches` batches; 0 = all); target-weighted means."""
+  it = data_loader.make_iterator(
+      config.data, tokenizer, split=split,
+      global_batch_size=config.train.eval_batch_size or config.train.batch_size,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      repeat=False)
+  totals: dict[str, float] = {}
+  weight_sum = 0.0
+  for i, local in enumerate(it):
+    if config.train.eval_batches and i >= config.train.eval_batches:
+      break
+    m = jax.device_get(eval_step(params, _global_batch(local, batch_sharding), rng))
+    w = float(m["num_targets"])
+    weight_sum += w
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + (float(v) if k.startswith("num_") else float(v) * w)
+  if not totals:
+    raise ValueError(f"evaluation split {split!r} of {config.data.source!r} "
+                     "yielded no batch; lower --config.train.eval_batch_size")
+  return {k: (v if k.startswith("num_") else v / max(weight_sum, 1.0)) for k, v in totals.items()}
+
+
+def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
+  """True when the dev metric has not improved for `early_stop_patience` evaluations."""
+  if not tc.early_stop_patience or len(history) <= tc.early_stop_patience:
+    return False
+  sign = -1.0 if tc.early_stop_metric.endswith("loss") else 1.0
+  values = [sign * h.get(tc.early_stop_metric, float("-inf")) for h in history]
+  best_at = int(np.argmax(values))
+  return len(values) - 1 - best_at >= tc.early_stop_patience
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Runs (or resumes) training as configured; writes metrics, config and checkpoints to workdir."""
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  mesh = sharding.make_mesh(config.mesh.preset, tensor_parallel=config.mesh.tensor_parallel)
+  if tc.batch_size % sharding.data_parallel_size(mesh):
+    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the "
+                     f"{sharding.data_parallel_size(mesh)} data-parallel shards of mesh {dict(mesh.shape)}")
+  tokenizer = tokenizers.load_or_train(config.data.tokenizer, config.data)
+  objective = objectives.get(config.objective.name)
+  options = objectives.build_options(objective, {k: v for k, v in config.objective.items()
+                                                 if k != "name"})
+  model = build_model(config, tokenizer.vocab_size, objective, options)
+  tx, schedule = optim.make_optimizer(config.optim, tc.steps)
+  per_device_rows = max(tc.batch_size // jax.device_count(), 1)
+  init_params = ckpt.restore_params(config.init_from) if config.init_from else None
+  state, state_sharding = create_state(model, tx, mesh, (per_device_rows, config.data.seq_len),
+                                       config.seed, init_params)
+  num_params = count_params(state.params)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  loss_fn, corrupt_fn = steps.bind_objective(objective, model=model, specials=tokenizer.specials,
+                                             options=options)
+  train_step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule, tc.grad_accum),
+                       in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, None), donate_argnums=(0,))
+  eval_step = jax.jit(steps.make_eval_step(loss_fn, corrupt_fn),
+                      in_shardings=(state_sharding.params, batch_sharding, None))
+  eval_rng = jax.random.key(config.seed + 7919)
+
+  data_iter = data_loader.make_iterator(
+      config.data, tokenizer, split="train", global_batch_size=tc.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=tc.keep_checkpoints)
+  start_step = 0
+  if manager.latest_step() is not None:
+    state, start_step = ckpt.restore(manager, state, data_iter)
+    start_step = int(start_step)
+    logging.info("resumed from step %d", start_step)
+  config_dict = json.loads(config.to_json_best_effort())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_dict, f, indent=2)
+
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
+  end_step = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
+  bar = metrics_lib.ProgressBar(total=end_step, initial=start_step, desc=os.path.basename(workdir))
+  pending: list[dict[str, jax.Array]] = []
+  eval_history: list[dict[str, float]] = []
+  last = {"loss": float("nan")}
+  last_saved = start_step if start_step else None
+  tokens_seen, t_log, t0 = 0, time.time(), time.time()
+  step = start_step
+  preempted = False
+
+  def flush_pending(step_now: int):
+    """Pulls the buffered per-step metrics to host (one sync per log interval) and logs them."""
+    nonlocal pending, tokens_seen, t_log, last
+    if not pending:
+      return
+    records = jax.device_get(pending)
+    for i, r in enumerate(records):
+      if not math.isfinite(float(r["loss"])):
+        bad = step_now - len(records) + i + 1
+        where = (f"the last good checkpoint is step {last_saved} in {manager.directory}"
+                 if last_saved else "no checkpoint was saved yet")
+        raise NonFiniteLossError(f"loss became {float(r['loss'])} at step {bad}; {where}; "
+                                 "lower --config.optim.learning_rate or enable clipping")
+    m = _mean_metrics(records)
+    now = time.time()
+    tokens_seen += int(m["num_tokens"])
+    m["tokens_per_s"] = m["num_tokens"] / max(now - t_log, 1e-9)
+    t_log = now
+    last = m
+    writer.write(step_now, {k: v for k, v in m.items() if k != "num_tokens"} | {
+        "tokens_seen": tokens_seen})
+    bar.update(step_now, loss=m["loss"], tokens_per_s=m["tokens_per_s"])
+    pending = []
+
+  with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    for step in range(start_step + 1, end_step + 1):
+      local = next(data_iter)
+      state, m = train_step(state, _global_batch(local, batch_sharding))
+      pending.append(m)
+      is_last = step == end_step
+      if step % tc.log_every == 0 or is_last or sigterm.raised:
+        flush_pending(step)
+      if tc.eval_every and (step % tc.eval_every == 0 or is_last):
+        flush_pending(step)
+        ev_logged = {}
+        for prefix, split in (("eval", tc.eval_split), ("test", tc.test_split)):
+          if split:
+            ev = evaluate(eval_step, state.params, config, tokenizer, batch_sharding, eval_rng, split)
+            ev_logged.update({f"{prefix}/{k}": v for k, v in ev.items()})
+        eval_history.append({"step": step, **ev_logged})
+        writer.write(step, ev_logged)
+        if _should_stop_early(eval_history, tc):
+          logging.info("early stop at step %d: no %s improvement in %d evaluations", step,
+                       tc.early_stop_metric, tc.early_stop_patience)
+          is_last = True
+      if step % tc.checkpoint_every == 0 or is_last or sigterm.raised:
+        flush_pending(step)  # never checkpoint a state whose loss was not checked
+        ckpt.save(manager, step, state, data_iter, config_dict, force=True)
+        last_saved = step
+      if sigterm.raised:
+        preempted = True
+      if sigterm.raised or is_last:
+        break
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  bar.close()
+  return TrainResult(workdir=workdir, step=step, train_loss=last["loss"],
+                     eval_metrics={k: v for k, v in (eval_history[-1] if eval_history else {}).items()
+                                   if k != "step"},
+                     eval_history=eval_history, tokens_seen=tokens_seen,
+                     wall_time_s=time.time() - t0, num_params=num_params, preempted=preempted)

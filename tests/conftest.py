@@ -1,0 +1,19 @@
+"""Suite-wide JAX settings: 8 fake CPU devices (sharding tests) and strict rank promotion."""
+import os
+
+# Must happen before jax is imported anywhere: the sharding tests compare 8 devices with 1.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One prepared-data/tokenizer cache for the whole session (real corpora are prepared once)."""
+  path = os.environ.get("PTM_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("ptm_data"))
+  os.environ["PTM_JAX_DATA_DIR"] = path
+  return path
