@@ -1,0 +1,93 @@
+"""BERT masked language modelling (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional
+Transformers for Language Understanding", section 3.1 and appendix A.1).
+
+Recipe (dynamic masking, re-drawn from the step rng on device, as RoBERTa does):
+  * every position that is not padding (segment_ids == 0) and whose token is not in
+    `specials.reserved` ([PAD], [UNK], [CLS], [SEP], [MASK], extras) is selected i.i.d. with
+    probability `mask_rate` (0.15);
+  * of the selected positions, `mask_token_rate` (80 %) become [MASK], `random_token_rate` (10 %)
+    become a token drawn uniformly from the non-reserved ids of [0, vocab_size) (which may equal
+    the original, as in the reference implementation), the rest (10 %) keep their token;
+  * the loss is the cross-entropy at the selected positions only, averaged over them
+    (sum / max(num_selected, 1)).
+Unlike the original create_pretraining_data.py there is no per-sequence cap
+(max_predictions_per_seq) and selection is i.i.d. rather than an exact count: the expected rate
+is the same and shapes stay static.
+
+Tests (tests/test_objectives_mlm.py) check on >= 1e5 positions: the selection rate among
+eligible positions is 0.15 +- 0.005; padding and reserved ids are never selected; the 80/10/10
+split is within +-1.5 % absolute; random replacements are never reserved and roughly uniform;
+the same rng gives the same mask and different rngs different ones; corrupt works under jit;
+targets equal the original tokens; the loss equals a hand-computed weighted cross-entropy.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ptm_jax.objectives import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """BERT masking rates; the keep rate is 1 - mask_token_rate - random_token_rate."""
+
+  mask_rate: float = 0.15
+  mask_token_rate: float = 0.8
+  random_token_rate: float = 0.1
+
+  def __post_init__(self):
+    for name in ('mask_rate', 'mask_token_rate', 'random_token_rate'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'mlm.Options.{name} must be in [0, 1], got {getattr(self, name)}')
+    if self.mask_token_rate + self.random_token_rate > 1.0 + 1e-9:
+      raise ValueError('mlm.Options: mask_token_rate + random_token_rate must be <= 1, got '
+                       f'{self.mask_token_rate} + {self.random_token_rate}')
+
+
+def reserved_lookup(specials) -> jax.Array:
+  """Boolean [vocab] table, True at the reserved ids (a gather is cheaper than comparing to each)."""
+  reserved = [i for i in specials.reserved if 0 <= i < specials.vocab_size]
+  return jnp.zeros((specials.vocab_size,), jnp.bool_).at[jnp.asarray(reserved, jnp.int32)].set(True)
+
+
+def random_non_reserved(rng, shape, specials) -> jax.Array:
+  """Int32 ids drawn uniformly from the non-reserved ids of [0, vocab_size)."""
+  reserved = sorted(i for i in set(specials.reserved) if 0 <= i < specials.vocab_size)
+  num_allowed = specials.vocab_size - len(reserved)
+  if num_allowed <= 0:
+    raise ValueError('every id of the vocabulary is reserved: nothing to sample')
+  ids = jax.random.randint(rng, shape, 0, num_allowed, dtype=jnp.int32)
+  # Maps the k-th draw to the k-th allowed id: step over each reserved id, in ascending order.
+  for r in reserved:
+    ids = ids + (ids >= r).astype(jnp.int32)
+  return ids
+
+
+def corrupt(rng, batch, *, specials, options: Options = Options()):
+  """Adds BERT-masked `inputs`, `targets` (the original tokens) and `weights` (1.0 where selected)."""
+  tokens_BL = batch['tokens'].astype(jnp.int32)
+  eligible_BL = (batch['segment_ids'] != 0) & ~reserved_lookup(specials)[tokens_BL]
+  select_rng, action_rng, random_rng = jax.random.split(rng, 3)
+  selected_BL = eligible_BL & (jax.random.uniform(select_rng, tokens_BL.shape) < options.mask_rate)
+  # One uniform per position decides mask / random / keep, so the three cases are exclusive.
+  action_BL = jax.random.uniform(action_rng, tokens_BL.shape)
+  to_mask_BL = selected_BL & (action_BL < options.mask_token_rate)
+  to_random_BL = selected_BL & ~to_mask_BL & (
+      action_BL < options.mask_token_rate + options.random_token_rate)
+  random_BL = random_non_reserved(random_rng, tokens_BL.shape, specials)
+  inputs_BL = jnp.where(to_mask_BL, jnp.int32(specials.mask), tokens_BL)
+  inputs_BL = jnp.where(to_random_BL, random_BL, inputs_BL)
+  return {**batch, 'inputs': inputs_BL, 'targets': tokens_BL,
+          'weights': selected_BL.astype(jnp.float32)}
+
+
+def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
+  """Mean cross-entropy over the masked positions of an already corrupted batch, and its metrics."""
+  del specials, options  # The recipe lives in corrupt; the loss is the plain masked-position CE.
+  out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
+                    positions=batch['positions'], token_types=batch.get('token_types'),
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
+  return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'])
