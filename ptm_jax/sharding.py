@@ -76,11 +76,28 @@ def make_mesh(preset: str = "dp", devices: Sequence[jax.Device] | None = None,
   return Mesh(dev_array, MESH_AXES)
 
 
-def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-  """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+def logical_to_sharding(logical_tree: Any, mesh: Mesh, rules=LOGICAL_RULES,
+                        shapes: Any = None) -> Any:
+  """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`.
+
+  With `shapes` (a matching pytree of arrays / ShapeDtypeStructs), a dimension that the mesh axes
+  do not divide (a 50257-token vocabulary over tensor=2) is replicated instead of failing.
+  """
   specs = nn.logical_to_mesh(logical_tree, rules)
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  is_spec = lambda x: isinstance(x, P)
+  if shapes is None:
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, _divisible(s, x.shape, mesh)), specs, shapes,
+                      is_leaf=is_spec)
+
+
+def _divisible(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    out.append(axes if size == 1 or dim % size == 0 else None)
+  return P(*out)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -51,14 +51,18 @@ def make_train_step(loss_fn: Callable, corrupt_fn: Callable, tx: optax.GradientT
       def body(acc, xs):
         micro_batch, i = xs
         g, m = micro_grads(state.params, micro_batch, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, acc, g), m
+        # Weight each micro-batch by its target count so the sum equals the full-batch mean.
+        n = m["num_targets"]
+        return jax.tree.map(lambda a, b: a + b * n, acc, g), m
 
       grads, ms = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
-      grads = jax.tree.map(lambda g: g / grad_accum, grads)
-      metrics = {k: (v.sum() if k.startswith("num_") else v.mean()) for k, v in ms.items()}
+      total = jnp.maximum(ms["num_targets"].sum(), 1.0)
+      grads = jax.tree.map(lambda g: g / total, grads)
+      metrics = {k: (v.sum() if k.startswith("num_") else (v * ms["num_targets"]).sum() / total)
+                 for k, v in ms.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics

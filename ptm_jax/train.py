@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -25,6 +26,17 @@ from ptm_jax import models, objectives, optim, sharding, steps
 from ptm_jax.data import loader as data_loader
 from ptm_jax.data import tokenizers
 from ptm_jax.state import TrainState
+
+
+def _mesh_context(mesh):
+  """The mesh as the context flax's logical constraints read.
+
+  `jax.set_mesh` would be the modern spelling, but under it flax's DenseGeneral applies the 3-D
+  logical sharding of a kernel to its flat 2-D initial value and fails; the legacy context does not.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    return mesh
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,10 +118,11 @@ def create_state(model, tx, mesh, batch_shape, seed: int, init_params: Any | Non
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(opt_params),
                       rng=jax.random.fold_in(rng, 1))
 
-  with mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  with _mesh_context(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     abstract_boxed = jax.eval_shape(lambda r: init(r, True), base_rng)
     logical_specs = nn.get_partition_spec(abstract_boxed)
-    state_sharding = sharding.logical_to_sharding(logical_specs, mesh)
+    state_sharding = sharding.logical_to_sharding(logical_specs, mesh,
+                                                  shapes=nn.unbox(abstract_boxed))
     state = jax.jit(lambda r: init(r, False), out_shardings=state_sharding)(base_rng)
   if init_params is not None:
     merged = merge_pretrained(jax.device_get(state.params), init_params)
@@ -206,7 +219,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Runs (or resumes) training as configured; writes metrics, config and checkpoints to workdir."""
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
-  mesh = sharding.make_mesh(config.mesh.preset, tensor_parallel=config.mesh.tensor_parallel)
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
+  mesh = sharding.make_mesh(config.mesh.preset, devices=devices,
+                            tensor_parallel=config.mesh.tensor_parallel)
   if tc.batch_size % sharding.data_parallel_size(mesh):
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the "
                      f"{sharding.data_parallel_size(mesh)} data-parallel shards of mesh {dict(mesh.shape)}")
@@ -282,7 +297,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     bar.update(step_now, loss=m["loss"], tokens_per_s=m["tokens_per_s"])
     pending = []
 
-  with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  with _SigtermFlag() as sigterm, _mesh_context(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     for step in range(start_step + 1, end_step + 1):
       local = next(data_iter)
       state, m = train_step(state, _global_batch(local, batch_sharding))

@@ -84,6 +84,7 @@ def base_config(family: str, variant: str, objective: str) -> ml_collections.Con
   config.data = data_loader.default_data_config()
   config.optim = optim.default_optim_config()
   config.train = train_config()
-  config.mesh = ml_collections.ConfigDict(dict(preset="dp", tensor_parallel=0))
+  # num_devices: 0 = every device (of every host); a prefix of jax.devices() otherwise.
+  config.mesh = ml_collections.ConfigDict(dict(preset="dp", tensor_parallel=0, num_devices=0))
   config.report = ml_collections.ConfigDict(dict(title=""))
   return config

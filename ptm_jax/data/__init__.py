@@ -1,0 +1,1 @@
+"""Data: tfds sources read through grain, tokenizers, packing and the training iterator."""

@@ -1,0 +1,99 @@
+"""The grain input pipeline: shard documents by process, shuffle, tokenize, chunk, pack, batch."""
+from __future__ import annotations
+
+import grain
+import ml_collections
+import numpy as np
+
+from ptm_jax.data import packing
+from ptm_jax.data import sources
+from ptm_jax.data.tokenizers import Tokenizer
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The `data` block of an experiment config."""
+  return ml_collections.ConfigDict({
+      'source': 'news_en',     # news_en | wiki_en | text:<glob> | jsonl:<glob> | 'a:0.7,b:0.3' | tfds name
+      'seq_len': 128,
+      'data_dir': '',          # '' -> $PTM_JAX_DATA_DIR -> ~/.cache/ptm_jax
+      'bos': True,             # prepend [CLS]/BOS to every chunk
+      'eos': True,             # append [SEP]/EOS to every chunk
+      'shuffle': True,         # train split only; eval is read in order
+      'shuffle_seed': 0,       # combined with make_iterator's seed
+      'num_threads': 4,        # grain read/tokenize threads
+      'tokenizer': {
+          'kind': 'sentencepiece',  # sentencepiece | wordpiece | hf_json
+          'model_type': 'unigram',  # unigram | bpe (sentencepiece)
+          'vocab_size': 8000,
+          'path': '',               # vocab.txt / tokenizer.json / sp.model; pkg:<package>/<file> works
+          'max_train_chars': 5_000_000,
+          'extra_ids': 0,           # T5 sentinels <extra_id_i>, ids 5, 6, ... (SpecialIds.extra)
+          'byte_fallback': True,    # unseen characters become byte pieces instead of [UNK]
+          'character_coverage': 0.9995,
+          'lowercase': True,        # wordpiece only
+      },
+  })
+
+
+def _seed(shuffle_seed: int, seed: int) -> int:
+  return int(np.random.SeedSequence([int(shuffle_seed) % 2**32, int(seed) % 2**32]).generate_state(1)[0])
+
+
+def documents(source: sources.Source, split: str, *, seed: int, shuffle: bool, repeat: bool,
+              process_index: int, process_count: int) -> grain.MapDataset:
+  """This process's documents of `split` ({'text', 'doc_id', 'title'}), mixed by the source's weights."""
+  parts = []
+  for i, part in enumerate(source.parts(split)):
+    # Shard documents (not rows) first, so processes never see each other's documents.
+    part = part[process_index::process_count]
+    if len(part) == 0:
+      raise ValueError(f"split '{split}' of '{source.name}' has fewer documents than the "
+                       f'{process_count} processes: use a bigger corpus or fewer hosts')
+    if shuffle:
+      part = part.shuffle(seed=(seed + i) % 2**32)
+    if repeat:
+      part = part.repeat()  # reseeds the shuffle each epoch
+    parts.append(part)
+  if len(parts) == 1:
+    return parts[0]
+  if repeat:
+    return grain.MapDataset.mix(parts, list(source.weights))
+  # A single evaluation pass reads every document once rather than stopping at the shortest part.
+  return grain.MapDataset.concatenate(parts)
+
+
+def _tokenize(tokenizer: Tokenizer):
+  def fn(example: dict) -> dict:
+    # Sentences are '\n'-separated; the model reads a document as one stream of text.
+    return {'tokens': np.asarray(tokenizer.encode(example['text'].replace('\n', ' ')), np.int32)}
+
+  return fn
+
+
+def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, repeat: bool = True,
+                  source: sources.Source | None = None) -> grain.DatasetIterator:
+  """Checkpointable iterator of numpy batches {tokens, segment_ids, positions}: [B/processes, seq_len]."""
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
+                     f'process_count={process_count}')
+  batch_size = global_batch_size // process_count
+  source = source or sources.get_source(data_cfg.source, data_cfg.get('data_dir', ''))
+  specials = tokenizer.specials
+  docs = documents(source, split, seed=_seed(data_cfg.get('shuffle_seed', 0), seed),
+                   shuffle=bool(data_cfg.get('shuffle', True)) and split == 'train', repeat=repeat,
+                   process_index=process_index, process_count=process_count)
+  threads = int(data_cfg.get('num_threads', 4))
+  # Tokenizing in the MapDataset stage lets grain's read threads run it in parallel.
+  ds = docs.map(_tokenize(tokenizer)).to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(16, 4 * threads)))
+  chunker = packing.ChunkDocuments(data_cfg.seq_len, specials.bos if data_cfg.get('bos', True) else None,
+                                   specials.eos if data_cfg.get('eos', True) else None)
+  chunker.flat_map({'tokens': []})  # a too-small seq_len fails here, not inside a grain thread
+  ds = grain.experimental.FlatMapIterDataset(ds, chunker)
+  ds = packing.pack(ds, data_cfg.seq_len, num_bins=batch_size, pad_id=specials.pad)
+  # An endless train stream never has a remainder; a single pass keeps its last rows, padded below.
+  ds = ds.batch(batch_size, drop_remainder=repeat)
+  if not repeat:
+    ds = ds.map(lambda b: packing.pad_batch(b, batch_size, specials.pad))
+  return iter(ds)
