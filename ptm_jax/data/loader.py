@@ -77,6 +77,11 @@ def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_si
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
                      f'process_count={process_count}')
+  from ptm_jax.data.sources import downstream  # labelled tasks: one example per row, no packing
+  if source is None and data_cfg.source in downstream.TASKS:
+    return downstream.make_task_iterator(
+        data_cfg, tokenizer, split=split, global_batch_size=global_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count, repeat=repeat)
   batch_size = global_batch_size // process_count
   source = source or sources.get_source(data_cfg.source, data_cfg.get('data_dir', ''))
   specials = tokenizer.specials
