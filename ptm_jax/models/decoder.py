@@ -1,0 +1,177 @@
+"""Causal Transformer decoder: GPT-2 (Radford et al. 2019) and Llama-style options.
+
+GPT-2: learned positions, pre-LN blocks with biases, tanh-GELU MLP, final LayerNorm, LM head tied
+to the token embeddings. Llama (Touvron et al. 2023): `norm='rmsnorm'`, `positions='rotary'`,
+`num_kv_heads` (GQA), `mlp='swiglu'`, `tie_embeddings=False`, `use_bias=False`.
+Parameter names: token_embed, position_embed, layers_{i}, final_norm, lm_head (untied only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptm_jax.layers import blocks, embeddings, masks, norms
+from ptm_jax.layers import positions as positions_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context)."""
+
+  vocab_size: int = 50257
+  embed_dim: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  num_kv_heads: int | None = None  # None = num_heads; fewer = grouped-query attention
+  head_dim: int | None = None  # None = embed_dim // num_heads
+  mlp_dim: int = 3072
+  max_position_embeddings: int = 1024  # size of the learned table ('learned' positions only)
+  positions: str = 'learned'  # 'learned' | 'rotary' | 'sinusoidal'
+  rope_theta: float = 10_000.0
+  norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm'
+  layer_norm_eps: float = 1e-5  # epsilon of whichever norm
+  mlp: str = 'mlp'  # 'mlp' | 'swiglu'
+  activation: str = 'gelu_new'  # GPT-2's tanh GELU; Llama: 'silu'
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0  # GPT-2 trained with 0.1; 0 keeps the fused kernel
+  initializer_range: float = 0.02
+  scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, range / sqrt(2 * layers))
+  dtype: Any = 'float32'  # compute dtype
+  param_dtype: Any = 'float32'
+  remat: bool = False
+  attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+
+def dtypes(cfg: Config) -> dict[str, Any]:
+  """The config's compute and parameter dtypes as numpy dtypes (configs may hold strings)."""
+  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def _gpt2(layers: int, width: int) -> dict[str, Any]:
+  return dict(num_layers=layers, embed_dim=width, num_heads=width // 64, mlp_dim=4 * width)
+
+
+_LLAMA = dict(norm='rmsnorm', layer_norm_eps=1e-6, positions='rotary', mlp='swiglu',
+              activation='silu', tie_embeddings=False, use_bias=False, dropout_rate=0.0,
+              scaled_residual_init=False)
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    'runlocal': dict(num_layers=2, embed_dim=128, num_heads=2, mlp_dim=512,
+                     max_position_embeddings=512),
+    'small': _gpt2(12, 768),
+    'medium': _gpt2(24, 1024),
+    'large': _gpt2(36, 1280),
+    'llama_runlocal': dict(num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=2, mlp_dim=344,
+                           max_position_embeddings=512, **_LLAMA),
+}
+
+
+class Model(nn.Module):
+  """GPT-2 / Llama decoder; returns dict(hidden, logits[, hidden_states]) (contracts.md)."""
+
+  config: Config
+
+  def setup(self):
+    cfg = self.config
+    dt = dtypes(cfg)
+    if cfg.positions not in ('learned', 'rotary', 'sinusoidal'):
+      raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
+    self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embed_dim,
+                                        init_stddev=cfg.initializer_range, **dt)
+    if cfg.positions == 'learned':
+      self.position_embed = positions_lib.LearnedPositions(
+          cfg.max_position_embeddings, cfg.embed_dim, init_stddev=cfg.initializer_range, **dt)
+    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    block = blocks.block_class(cfg.remat)
+    out_std = (cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
+               if cfg.scaled_residual_init else None)
+    self.layers = [
+        block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
+              num_kv_heads=cfg.num_kv_heads, pre_norm=True, norm=cfg.norm,
+              norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp, activation=cfg.activation,
+              use_bias=cfg.use_bias, dropout_rate=cfg.dropout_rate,
+              attention_dropout_rate=cfg.attention_dropout_rate,
+              init_stddev=cfg.initializer_range, out_init_stddev=out_std,
+              attention_impl=cfg.attention_impl, **dt)
+        for _ in range(cfg.num_layers)]
+    self.final_norm = norms.make_norm(cfg.norm, epsilon=cfg.layer_norm_eps, **dt)
+    if not cfg.tie_embeddings:
+      # float32 accumulation and output without upcasting the [D, V] kernel.
+      self.lm_head = nn.Dense(
+          cfg.vocab_size, use_bias=False, **dt,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.normal(cfg.initializer_range), ('embed', 'vocab')),
+          dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
+
+  def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
+            deterministic: bool = True) -> jnp.ndarray:
+    """Embedding output `[B, L, D]` (token + absolute positions where used, dropout)."""
+    cfg = self.config
+    x_BLD = self.token_embed(tokens)
+    if cfg.positions == 'learned':
+      x_BLD = x_BLD + self.position_embed(positions)
+    elif cfg.positions == 'sinusoidal':
+      x_BLD = x_BLD + positions_lib.sinusoidal(positions, cfg.embed_dim).astype(x_BLD.dtype)
+    x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
+    return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+  def decode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
+             attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
+             output_hidden_states: bool = False):
+    """Blocks + final norm on embeddings; returns (hidden `[B, L, D]`, hidden_states or None).
+
+    As in HF, the last entry of hidden_states is the final-normed output (= hidden).
+    """
+    cfg = self.config
+    # Causal by index, not by position: with packing, index order within a segment is the
+    # position order, and `positions` may carry offsets.
+    mask = masks.combine(masks.causal_mask(x_BLD.shape[1]), masks.padding_mask(segment_ids),
+                         masks.segment_mask(segment_ids, segment_ids), attention_mask)
+    rotary = None
+    if cfg.positions == 'rotary':
+      rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
+    states = [x_BLD]
+    for layer in self.layers:
+      x_BLD = layer(x_BLD, mask, rotary, deterministic)
+      states.append(x_BLD)
+    hidden_BLD = nn.with_logical_constraint(self.final_norm(x_BLD), ('batch', 'length', 'embed'))
+    states[-1] = hidden_BLD
+    return hidden_BLD, (tuple(states) if output_hidden_states else None)
+
+  def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
+    """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`)."""
+    if self.config.tie_embeddings:
+      logits_BLV = self.token_embed.attend(hidden_BLD)
+    else:
+      logits_BLV = self.lm_head(hidden_BLD).astype(jnp.float32)
+    return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
+
+  def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
+               token_types: jnp.ndarray | None = None,
+               attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
+               output_hidden_states: bool = False) -> dict[str, Any]:
+    """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits[, hidden_states]).
+
+    `token_types` is accepted for a uniform call signature and ignored.
+    """
+    del token_types
+    x_BLD = self.embed(tokens, positions=positions, deterministic=deterministic)
+    hidden_BLD, states = self.decode(x_BLD, segment_ids=segment_ids, positions=positions,
+                                     attention_mask=attention_mask, deterministic=deterministic,
+                                     output_hidden_states=output_hidden_states)
+    out = dict(hidden=hidden_BLD, logits=self.lm_logits(hidden_BLD))
+    if output_hidden_states:
+      out['hidden_states'] = states
+    return out

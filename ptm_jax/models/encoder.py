@@ -1,0 +1,165 @@
+"""Bidirectional Transformer encoder: BERT (Devlin et al. 2019) and RoBERTa (Liu et al. 2019).
+
+Embeddings (token + learned position + token type) -> LayerNorm -> dropout -> post-LN blocks,
+then an MLM head tied to the token embeddings, a tanh pooler over the first token and an NSP head.
+Parameter names follow `docs/contracts.md`: token_embed, position_embed, type_embed, embed_norm,
+layers_{i}, mlm_head, pooler, nsp_head.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ptm_jax.layers import blocks, embeddings, masks, mlp, norms, positions
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """BERT/RoBERTa hyper-parameters; defaults are BERT-base (uncased, 30522 WordPiece vocab)."""
+
+  vocab_size: int = 30522
+  embed_dim: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  head_dim: int | None = None  # None = embed_dim // num_heads
+  mlp_dim: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2  # 0 = no token-type embeddings (RoBERTa)
+  position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
+  layer_norm_eps: float = 1e-12
+  activation: str = 'gelu'  # exact erf GELU, as BERT
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0  # BERT trained with 0.1; 0 keeps the fused kernel
+  initializer_range: float = 0.02
+  dtype: Any = 'float32'  # compute dtype
+  param_dtype: Any = 'float32'
+  remat: bool = False
+  attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+
+def dtypes(cfg) -> dict[str, Any]:
+  """The config's compute and parameter dtypes as numpy dtypes (configs may hold strings)."""
+  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def _bert(layers: int, width: int) -> dict[str, Any]:
+  return dict(num_layers=layers, embed_dim=width, num_heads=width // 64, mlp_dim=4 * width)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    'runlocal': dict(num_layers=2, embed_dim=128, num_heads=2, mlp_dim=512,
+                     max_position_embeddings=512),
+    'tiny': _bert(2, 128),
+    'mini': _bert(4, 256),
+    'small': _bert(4, 512),
+    'medium': _bert(8, 512),
+    'base': _bert(12, 768),
+    'large': _bert(24, 1024),
+}
+
+
+class MLMHead(nn.Module):
+  """BERT's masked-LM head: dense -> GELU -> LayerNorm -> tied decoder (+ output bias)."""
+
+  config: Config
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, decode) -> jnp.ndarray:
+    """`decode` maps `[B, L, D]` to tied float32 logits (the token embedding's `attend`)."""
+    cfg, dt = self.config, dtypes(self.config)
+    h = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), use_bias=True, stddev=cfg.initializer_range,
+                  name='dense', **dt)(x_BLD)
+    h = mlp.activation(cfg.activation)(h)
+    h = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(h)
+    bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+                        (cfg.vocab_size,), dt['param_dtype'])
+    logits_BLV = decode(h) + bias_V.astype(jnp.float32)[None, None, :]
+    return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
+
+
+class Model(nn.Module):
+  """BERT/RoBERTa encoder with MLM, pooler and NSP heads; returns a dict (contracts.md)."""
+
+  config: Config
+
+  def setup(self):
+    cfg = self.config
+    dt = dtypes(cfg)
+    self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embed_dim,
+                                        init_stddev=cfg.initializer_range, **dt)
+    self.position_embed = positions.LearnedPositions(
+        cfg.max_position_embeddings, cfg.embed_dim, offset=cfg.position_offset,
+        init_stddev=cfg.initializer_range, **dt)
+    if cfg.type_vocab_size:
+      self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embed_dim,
+                                         init_stddev=cfg.initializer_range,
+                                         axes=(None, 'embed'), **dt)
+    self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
+    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    block = blocks.block_class(cfg.remat)
+    self.layers = [
+        block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
+              pre_norm=False, norm='layernorm', norm_eps=cfg.layer_norm_eps, mlp='mlp',
+              activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
+              attention_dropout_rate=cfg.attention_dropout_rate,
+              init_stddev=cfg.initializer_range, attention_impl=cfg.attention_impl, **dt)
+        for _ in range(cfg.num_layers)]
+    self.mlm_head = MLMHead(cfg)
+    dense = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
+    self.pooler = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), **dense)
+    self.nsp_head = mlp.dense(2, ('embed', None), **dense)
+
+  def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
+            token_types: jnp.ndarray | None = None, deterministic: bool = True) -> jnp.ndarray:
+    """Embedding output `[B, L, D]` (sum, LayerNorm, dropout); ELECTRA shares this part."""
+    x_BLD = self.token_embed(tokens) + self.position_embed(positions)
+    if self.config.type_vocab_size:
+      if token_types is None:
+        token_types = jnp.zeros_like(tokens)
+      x_BLD = x_BLD + self.type_embed(token_types)
+    x_BLD = self.embed_dropout(self.embed_norm(x_BLD), deterministic=deterministic)
+    return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+  def encode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray,
+             attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
+             output_hidden_states: bool = False):
+    """Runs the blocks on embeddings; returns (hidden `[B, L, D]`, hidden_states tuple or None)."""
+    mask = masks.combine(masks.padding_mask(segment_ids),
+                         masks.segment_mask(segment_ids, segment_ids), attention_mask)
+    states = [x_BLD]
+    for layer in self.layers:
+      x_BLD = layer(x_BLD, mask, None, deterministic)
+      states.append(x_BLD)
+    return x_BLD, (tuple(states) if output_hidden_states else None)
+
+  def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
+    """Float32 MLM logits `[B, L, V]` from the last hidden state."""
+    return self.mlm_head(hidden_BLD, self.token_embed.attend)
+
+  def pool(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
+    """BERT pooler: tanh(dense(first token)) -> `[B, D]`."""
+    return jnp.tanh(self.pooler(hidden_BLD[:, 0]))
+
+  def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
+               token_types: jnp.ndarray | None = None,
+               attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
+               output_hidden_states: bool = False) -> dict[str, Any]:
+    """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits, pooled, nsp_logits)."""
+    x_BLD = self.embed(tokens, positions=positions, token_types=token_types,
+                       deterministic=deterministic)
+    hidden_BLD, states = self.encode(x_BLD, segment_ids=segment_ids,
+                                     attention_mask=attention_mask, deterministic=deterministic,
+                                     output_hidden_states=output_hidden_states)
+    pooled_BD = self.pool(hidden_BLD)
+    out = dict(hidden=hidden_BLD, logits=self.mlm_logits(hidden_BLD), pooled=pooled_BD,
+               nsp_logits=self.nsp_head(pooled_BD).astype(jnp.float32))
+    if output_hidden_states:
+      out['hidden_states'] = states
+    return out

@@ -1,0 +1,189 @@
+"""Unit tests of ptm_jax.layers: mask algebra, attention, positions, norms, MLPs, blocks."""
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ptm_jax.layers import attention, blocks, masks, mlp, norms, positions
+
+
+# ---------------------------------------------------------------------------------------- masks
+def test_padding_mask_hides_padding_keys():
+  seg = jnp.array([[1, 1, 0], [1, 2, 2]])
+  m = masks.padding_mask(seg)
+  assert m.shape == (2, 1, 1, 3) and m.dtype == jnp.bool_
+  np.testing.assert_array_equal(m[:, 0, 0], [[True, True, False], [True, True, True]])
+
+
+def test_causal_mask_lower_triangular():
+  m = masks.causal_mask(4)
+  assert m.shape == (1, 1, 4, 4)
+  np.testing.assert_array_equal(m[0, 0], np.tril(np.ones((4, 4), bool)))
+
+
+def test_causal_from_positions_matches_index_causal_within_segments():
+  seg = jnp.array([[1, 1, 1, 2, 2, 0]])
+  pos = jnp.array([[0, 1, 2, 0, 1, 0]])
+  by_pos = masks.combine(masks.causal_mask_from_positions(pos, pos), masks.segment_mask(seg, seg),
+                         masks.padding_mask(seg))
+  by_idx = masks.combine(masks.causal_mask(6), masks.segment_mask(seg, seg),
+                         masks.padding_mask(seg))
+  np.testing.assert_array_equal(by_pos, by_idx)
+
+
+def test_segment_mask_blocks_other_documents():
+  seg = jnp.array([[1, 1, 2, 2]])
+  m = masks.segment_mask(seg, seg)[0, 0]
+  want = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], bool)
+  np.testing.assert_array_equal(m, want)
+
+
+def test_prefix_mask_bidirectional_prefix_causal_rest():
+  m = masks.prefix_mask(jnp.array([[1, 1, 0, 0]]))[0, 0]
+  want = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  np.testing.assert_array_equal(m, want)
+
+
+def test_combine_broadcasts_and_ignores_none():
+  seg = jnp.array([[1, 1, 0], [1, 1, 1]])
+  m = masks.combine(masks.causal_mask(3), None, masks.padding_mask(seg))
+  assert m.shape == (2, 1, 3, 3)
+  assert not bool(m[0, 0, 2, 2]) and bool(m[1, 0, 2, 2]) and not bool(m[1, 0, 0, 1])
+  assert masks.combine(None) is None
+  with pytest.raises(ValueError):
+    masks.combine(jnp.ones((3, 3), bool))
+  assert masks.from_2d(np.eye(3, dtype=bool)).shape == (1, 1, 3, 3)
+
+
+# ------------------------------------------------------------------------------------ attention
+def _attn_inputs(b=2, l=6, d=32):
+  x = jax.random.normal(jax.random.key(0), (b, l, d))
+  seg = jnp.array([[1] * l, [1] * (l - 2) + [0] * 2])
+  mask = masks.combine(masks.padding_mask(seg), masks.segment_mask(seg, seg))
+  return x, seg, mask
+
+
+def test_attention_padding_rows_finite_and_zero_before_out_projection():
+  x, seg, mask = _attn_inputs()
+  layer = attention.Attention(num_heads=4, head_dim=8, use_bias=False)
+  params = layer.init(jax.random.key(1), x, mask)
+  y = jax.jit(layer.apply)(params, x, mask)
+  assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+  np.testing.assert_allclose(y[1, -2:], 0.0, atol=0)  # no bias: zero attention -> zero output
+  g = jax.jit(jax.grad(lambda x: jnp.sum(layer.apply(params, x, mask) ** 2)))(x)
+  assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+  x, _, mask = _attn_inputs()
+  gqa = attention.Attention(num_heads=4, head_dim=8, num_kv_heads=2)
+  mha = attention.Attention(num_heads=4, head_dim=8)
+  p_gqa = flax.core.meta.unbox(gqa.init(jax.random.key(2), x, mask)['params'])
+  # Query head n reads kv head n // 2, so repeating each kv head twice gives the MHA weights.
+  p_mha = dict(p_gqa)
+  for name in ('key', 'value'):
+    p_mha[name] = {'kernel': jnp.repeat(p_gqa[name]['kernel'], 2, axis=1),
+                   'bias': jnp.repeat(p_gqa[name]['bias'], 2, axis=0)}
+  np.testing.assert_allclose(gqa.apply({'params': p_gqa}, x, mask),
+                             mha.apply({'params': p_mha}, x, mask), atol=1e-5)
+
+
+def test_einsum_fallback_matches_fused_and_dropout_changes_output():
+  kq, kk, kv = jax.random.split(jax.random.key(3), 3)
+  q = jax.random.normal(kq, (2, 5, 4, 8))
+  k = jax.random.normal(kk, (2, 5, 2, 8))
+  v = jax.random.normal(kv, (2, 5, 2, 8))
+  mask = masks.causal_mask(5)
+  fused = jax.jit(jax.nn.dot_product_attention)(q, k, v, mask=mask)
+  fallback = jax.jit(attention.einsum_attention_with_dropout, static_argnames='dropout_rate')
+  keep_all = fallback(q, k, v, mask, dropout_rate=1e-9, dropout_rng=jax.random.key(0))
+  np.testing.assert_allclose(fused, keep_all, atol=1e-5)
+  dropped = fallback(q, k, v, mask, dropout_rate=0.5, dropout_rng=jax.random.key(0))
+  assert bool(jnp.all(jnp.isfinite(dropped))) and not np.allclose(dropped, fused)
+
+
+def test_attention_dropout_path_used_only_when_training():
+  x, _, mask = _attn_inputs()
+  layer = attention.Attention(num_heads=4, head_dim=8, attention_dropout_rate=0.3)
+  params = layer.init(jax.random.key(1), x, mask)
+  det = layer.apply(params, x, mask)
+  det_plain = attention.Attention(num_heads=4, head_dim=8).apply(params, x, mask)
+  np.testing.assert_allclose(det, det_plain, atol=1e-6)
+  train = layer.apply(params, x, mask, deterministic=False, rngs={'dropout': jax.random.key(5)})
+  assert not np.allclose(train, det)
+
+
+# ------------------------------------------------------------------------------------ positions
+def test_rotary_scores_depend_only_on_relative_offset():
+  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.key(1), (1, 1, 1, 16))
+
+  def score(m, n):
+    cq, sq = positions.rotary_cos_sin(jnp.array([[m]]), 16)
+    ck, sk = positions.rotary_cos_sin(jnp.array([[n]]), 16)
+    return jnp.sum(positions.apply_rotary(q, cq, sq) * positions.apply_rotary(k, ck, sk))
+
+  np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(positions.apply_rotary(q, *positions.rotary_cos_sin(
+      jnp.array([[7]]), 16))), jnp.linalg.norm(q), rtol=1e-6)
+
+
+def test_sinusoidal_and_learned_positions():
+  pos = jnp.array([[0, 1, 2], [0, 0, 1]])
+  s = positions.sinusoidal(pos, 8)
+  assert s.shape == (2, 3, 8) and s.dtype == jnp.float32
+  np.testing.assert_allclose(s[0, 0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+  lp = positions.LearnedPositions(max_positions=8, features=4, offset=2)
+  params = lp.init(jax.random.key(0), pos)
+  table = params['params']['embedding'].value
+  np.testing.assert_allclose(lp.apply(params, pos)[1, 2], table[3])
+
+
+# ---------------------------------------------------------------------------------------- norms
+def test_layernorm_matches_reference_and_keeps_f32_stats_in_bf16():
+  x = 3.0 + 5.0 * jax.random.normal(jax.random.key(0), (2, 3, 16))
+  ln = norms.LayerNorm(epsilon=1e-6)
+  params = ln.init(jax.random.key(1), x)
+  want = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(ln.apply(params, x), want, atol=1e-5)
+  y16 = norms.LayerNorm(epsilon=1e-6, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y16.astype(jnp.float32), want, atol=0.05)
+
+
+def test_rmsnorm_matches_reference():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  rms = norms.RMSNorm(epsilon=1e-6)
+  params = rms.init(jax.random.key(1), x)
+  want = x / jnp.sqrt(jnp.mean(x ** 2, -1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(rms.apply(params, x), want, atol=1e-5)
+  with pytest.raises(ValueError):
+    norms.make_norm('batchnorm', epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32)
+
+
+# ------------------------------------------------------------------------------- mlp and blocks
+def test_mlp_and_swiglu_shapes_and_axes():
+  x = jnp.ones((2, 3, 8))
+  p = mlp.MLP(32).init(jax.random.key(0), x)['params']
+  assert p['wi']['kernel'].names == ('embed', 'mlp') and p['wo']['kernel'].names == ('mlp', 'embed')
+  p = mlp.SwiGLU(32, out_init_stddev=1e-3).init(jax.random.key(0), x)['params']
+  assert set(p) == {'wi_gate', 'wi_up', 'wo'} and 'bias' not in p['wo']
+  assert float(jnp.std(p['wo']['kernel'].value)) < 2e-3 < float(jnp.std(p['wi_up']['kernel'].value))
+  with pytest.raises(ValueError):
+    mlp.activation('swish2')
+
+
+@pytest.mark.parametrize('pre_norm', [False, True])
+def test_block_remat_matches_plain(pre_norm):
+  x, _, mask = _attn_inputs()
+  kw = dict(num_heads=4, head_dim=8, mlp_dim=64, pre_norm=pre_norm)
+  plain, remat = blocks.block_class(False)(**kw), blocks.block_class(True)(**kw)
+  params = plain.init(jax.random.key(0), x, mask)
+  w = jax.random.normal(jax.random.key(1), x.shape)  # a generic cotangent, not a degenerate one
+  f = lambda mod: lambda p: jnp.sum(mod.apply(p, x, mask, None, True) * w)
+  (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f(m)))(params) for m in (plain, remat))
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g1, g2)
