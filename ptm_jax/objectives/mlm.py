@@ -10,9 +10,11 @@ Recipe (dynamic masking, re-drawn from the step rng on device, as RoBERTa does):
     the original, as in the reference implementation), the rest (10 %) keep their token;
   * the loss is the cross-entropy at the selected positions only, averaged over them
     (sum / max(num_selected, 1)).
-Unlike the original create_pretraining_data.py there is no per-sequence cap
-(max_predictions_per_seq) and selection is i.i.d. rather than an exact count: the expected rate
-is the same and shapes stay static.
+Selection is i.i.d. rather than an exact count (the expected rate is the same, shapes stay static).
+With `sparse_logits` (default) the vocabulary projection runs only at the selected positions,
+gathered into a static `[B, K]` slab with K = L*rate + 6 standard deviations of the binomial
+count (`mlm_positions`); a row would need more than that many selections for one to be left
+unscored (probability < 1e-8), so this is BERT's max_predictions_per_seq without its bias.
 
 Tests (tests/test_objectives_mlm.py) check on >= 1e5 positions: the selection rate among
 eligible positions is 0.15 +- 0.005; padding and reserved ids are never selected; the 80/10/10
@@ -23,6 +25,7 @@ targets equal the original tokens; the loss equals a hand-computed weighted cros
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +40,7 @@ class Options:
   mask_rate: float = 0.15
   mask_token_rate: float = 0.8
   random_token_rate: float = 0.1
+  sparse_logits: bool = True  # score only the selected positions (same loss, ~5x less vocab work)
 
   def __post_init__(self):
     for name in ('mask_rate', 'mask_token_rate', 'random_token_rate'):
@@ -80,14 +84,39 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
   random_BL = random_non_reserved(random_rng, tokens_BL.shape, specials)
   inputs_BL = jnp.where(to_mask_BL, jnp.int32(specials.mask), tokens_BL)
   inputs_BL = jnp.where(to_random_BL, random_BL, inputs_BL)
-  return {**batch, 'inputs': inputs_BL, 'targets': tokens_BL,
-          'weights': selected_BL.astype(jnp.float32)}
+  out = {**batch, 'inputs': inputs_BL, 'targets': tokens_BL,
+         'weights': selected_BL.astype(jnp.float32)}
+  if options.sparse_logits:
+    out.update(gather_selected(selected_BL, tokens_BL, options.mask_rate))
+  return out
+
+
+def max_predictions(length: int, rate: float) -> int:
+  """Static cap on scored positions per row: mean + 6 std of Binomial(length, rate)."""
+  mean, std = length * rate, math.sqrt(length * rate * (1.0 - rate))
+  return int(min(length, math.ceil(mean + 6.0 * std + 1)))
+
+
+def gather_selected(selected_BL, tokens_BL, rate: float) -> dict[str, jax.Array]:
+  """The selected positions of each row, first K of them, padded with weight 0: [B, K] each."""
+  length = selected_BL.shape[1]
+  k = max_predictions(length, rate)
+  order = jnp.arange(length, dtype=jnp.int32)
+  # Selected positions sort first (keys < L), in order; unselected ones after them.
+  positions_BK = jnp.argsort(jnp.where(selected_BL, order, order + length), axis=1)[:, :k]
+  weights_BK = jnp.take_along_axis(selected_BL, positions_BK, axis=1).astype(jnp.float32)
+  return {'mlm_positions': positions_BK.astype(jnp.int32), 'mlm_weights': weights_BK,
+          'mlm_targets': jnp.take_along_axis(tokens_BL, positions_BK, axis=1)}
 
 
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean cross-entropy over the masked positions of an already corrupted batch, and its metrics."""
   del specials, options  # The recipe lives in corrupt; the loss is the plain masked-position CE.
+  sparse = 'mlm_positions' in batch
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], token_types=batch.get('token_types'),
-                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
+                    **({'logits_positions': batch['mlm_positions']} if sparse else {}))
+  if sparse:
+    return common.lm_loss_and_metrics(out['logits'], batch['mlm_targets'], batch['mlm_weights'])
   return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'])
