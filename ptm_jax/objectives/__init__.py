@@ -11,6 +11,14 @@ from typing import Any, Mapping
 _MODULES = {
     'mlm': 'ptm_jax.objectives.mlm',
     'clm': 'ptm_jax.objectives.clm',
+    'classify': 'ptm_jax.objectives.classify',
+    # The encoder objective zoo (issue 4); each module is one paper's recipe.
+    'mlm_nsp': 'ptm_jax.objectives.mlm_nsp',
+    'mlm_sop': 'ptm_jax.objectives.mlm_sop',
+    'wwm': 'ptm_jax.objectives.wwm',
+    'ernie': 'ptm_jax.objectives.ernie',
+    'spanbert': 'ptm_jax.objectives.spanbert',
+    'electra': 'ptm_jax.objectives.electra',
 }
 
 
