@@ -21,6 +21,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       'shuffle': True,         # train split only; eval is read in order
       'shuffle_seed': 0,       # combined with make_iterator's seed
       'num_threads': 4,        # grain read/tokenize threads
+      'pairs': '',             # '' | 'nsp' | 'sop': one [CLS] A [SEP] B [SEP] example per row (data/pairs.py)
+      'cross_document': False, # RoBERTa FULL-SENTENCES: rows span documents, one segment each
+      'num_shards': 0,         # data shards (0 = one per process); fixes the data order across host counts
       'tokenizer': {
           'kind': 'sentencepiece',  # sentencepiece | wordpiece | hf_json
           'model_type': 'unigram',  # unigram | bpe (sentencepiece)
@@ -70,18 +73,13 @@ def _tokenize(tokenizer: Tokenizer):
   return fn
 
 
-def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_size: int, seed: int,
+def make_dataset(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, repeat: bool = True,
-                  source: sources.Source | None = None) -> grain.DatasetIterator:
-  """Checkpointable iterator of numpy batches {tokens, segment_ids, positions}: [B/processes, seq_len]."""
+                  source: sources.Source | None = None) -> grain.IterDataset:
+  """Dataset of numpy batches {tokens, segment_ids, positions}: [B/processes, seq_len]."""
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
                      f'process_count={process_count}')
-  from ptm_jax.data.sources import downstream  # labelled tasks: one example per row, no packing
-  if source is None and data_cfg.source in downstream.TASKS:
-    return downstream.make_task_iterator(
-        data_cfg, tokenizer, split=split, global_batch_size=global_batch_size, seed=seed,
-        process_index=process_index, process_count=process_count, repeat=repeat)
   batch_size = global_batch_size // process_count
   source = source or sources.get_source(data_cfg.source, data_cfg.get('data_dir', ''))
   specials = tokenizer.specials
@@ -89,6 +87,12 @@ def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_si
                    shuffle=bool(data_cfg.get('shuffle', True)) and split == 'train', repeat=repeat,
                    process_index=process_index, process_count=process_count)
   threads = int(data_cfg.get('num_threads', 4))
+  if data_cfg.get('pairs', '') or data_cfg.get('cross_document', False):
+    from ptm_jax.data import pairs  # NSP/SOP pair rows, or RoBERTa's cross-document rows
+    return pairs.make_dataset(
+        data_cfg, tokenizer, docs, source=source, split=split, batch_size=batch_size,
+        seed=_seed(data_cfg.get('shuffle_seed', 0), seed), process_index=process_index,
+        process_count=process_count, repeat=repeat, threads=threads)
   # Tokenizing in the MapDataset stage lets grain's read threads run it in parallel.
   ds = docs.map(_tokenize(tokenizer)).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(16, 4 * threads)))
@@ -101,4 +105,34 @@ def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_si
   ds = ds.batch(batch_size, drop_remainder=repeat)
   if not repeat:
     ds = ds.map(lambda b: packing.pad_batch(b, batch_size, specials.pad))
-  return iter(ds)
+  return ds
+
+
+def make_iterator(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, repeat: bool = True,
+                  source: sources.Source | None = None) -> grain.DatasetIterator:
+  """Checkpointable iterator of this process's rows of each global batch.
+
+  The data order depends on `data.num_shards` (0 = one shard per process), never on the number
+  of hosts: a process owning several shards concatenates their rows, so one host with
+  `num_shards=2` sees exactly the batches that two hosts see together (and a run can resume on a
+  different host count).
+  """
+  from ptm_jax.data.sources import downstream  # labelled tasks: one example per row, no packing
+  if source is None and data_cfg.source in downstream.TASKS:
+    return downstream.make_task_iterator(
+        data_cfg, tokenizer, split=split, global_batch_size=global_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count, repeat=repeat)
+  num_shards = int(data_cfg.get('num_shards', 0) or process_count)
+  if num_shards % process_count:
+    raise ValueError(f'data.num_shards={num_shards} must be a multiple of the {process_count} '
+                     'processes')
+  per_process = num_shards // process_count
+  parts = [make_dataset(data_cfg, tokenizer, split=split, global_batch_size=global_batch_size,
+                        seed=seed, process_index=shard, process_count=num_shards, repeat=repeat,
+                        source=source)
+           for shard in range(process_index * per_process, (process_index + 1) * per_process)]
+  if per_process == 1:
+    return iter(parts[0])
+  zipped = grain.experimental.ZipIterDataset(parents=parts)
+  return iter(zipped.map(lambda rows: {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}))
