@@ -76,7 +76,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("both --config and --workdir are required")
   if FLAGS.distributed:
     import jax
-    jax.distributed.initialize()
+    # TPU pods, SLURM and Open MPI are auto-detected; elsewhere the three JAX_* variables say it.
+    env = os.environ
+    jax.distributed.initialize(
+        coordinator_address=env.get("JAX_COORDINATOR_ADDRESS"),
+        num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
+        process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
   from ptm_jax import run  # imported late: flags first, then heavy modules
   from ptm_jax.checkpoint import CheckpointError
   try:
