@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Modules that register builders when imported (each calls register() at import time).
-_BUILTIN_MODULES = ('news_en', 'wiki_en', 'text_files', 'downstream')
+_BUILTIN_MODULES = ('news_en', 'wiki_en', 'text_files', 'downstream', 'people_daily_zh', 'debian_corpora')
 _NAMED: dict[str, Callable[[str], tfds.core.DatasetBuilder]] = {}
 _PREFIXED: dict[str, Callable[[str, str], tfds.core.DatasetBuilder]] = {}
 SPLITS = ('train', 'validation')
