@@ -24,6 +24,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       'pairs': '',             # '' | 'nsp' | 'sop': one [CLS] A [SEP] B [SEP] example per row (data/pairs.py)
       'cross_document': False, # RoBERTa FULL-SENTENCES: rows span documents, one segment each
       'num_shards': 0,         # data shards (0 = one per process); fixes the data order across host counts
+      'annotations': (),       # any of 'words', 'phrases', 'entities': *_ids arrays per row (data/annotate.py)
       'tokenizer': {
           'kind': 'sentencepiece',  # sentencepiece | wordpiece | hf_json
           'model_type': 'unigram',  # unigram | bpe (sentencepiece)
@@ -93,6 +94,10 @@ def make_dataset(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_siz
         data_cfg, tokenizer, docs, source=source, split=split, batch_size=batch_size,
         seed=_seed(data_cfg.get('shuffle_seed', 0), seed), process_index=process_index,
         process_count=process_count, repeat=repeat, threads=threads)
+  if data_cfg.get('annotations', ()):
+    from ptm_jax.data import annotate  # word/phrase/entity ids for whole-word, ERNIE, SpanBERT
+    return annotate.make_dataset(data_cfg, tokenizer, docs, source=source, batch_size=batch_size,
+                                 repeat=repeat, threads=threads)
   # Tokenizing in the MapDataset stage lets grain's read threads run it in parallel.
   ds = docs.map(_tokenize(tokenizer)).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(16, 4 * threads)))

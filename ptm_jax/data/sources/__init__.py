@@ -60,8 +60,11 @@ def _decode(example: dict) -> dict:
 
   if 'text' not in example:
     raise ValueError(f"source examples need a 'text' feature, got {sorted(example)}")
-  return {'text': as_str(example['text']), 'doc_id': int(example.get('doc_id', -1)),
-          'title': as_str(example.get('title', b''))}
+  out = {'text': as_str(example['text']), 'doc_id': int(example.get('doc_id', -1)),
+         'title': as_str(example.get('title', b''))}
+  if 'words' in example:  # a kept segmentation (people_daily_zh): whole-word / ERNIE masking
+    out['words'] = as_str(example['words'])
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
