@@ -75,18 +75,20 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
 def restore_params(path: str) -> Any:
   """Params-only restore (for fine-tuning from a pretraining run): host arrays, any model layout."""
   directory, step = latest_checkpoint_dir(path)
-  manager = ocp.CheckpointManager(directory)
+  state_dir = os.path.join(directory, str(step), "state")
   try:
-    meta = manager.item_metadata(step)["state"]
-    tree = getattr(meta, "tree", meta)
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(state_dir)
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
     single = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=single), abstract)
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True)))
+    out = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
   except Exception as e:
     raise CheckpointError(
         f"cannot read params from checkpoint {directory}/{step} ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200]}); is it a complete ptm_jax checkpoint?") from e
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it a complete ptm_jax checkpoint?"
+    ) from e
   logging.info("restored params from %s step %d", directory, step)
-  return out["state"]["params"]
+  return out["params"]

@@ -76,6 +76,7 @@ class MetricWriter:
       return
     record = {'step': int(step), **{k: _to_python(v) for k, v in scalars.items()}}
     self._file.write(json.dumps(record) + '\n')
+    self._file.flush()  # one line per log interval: cheap, and lets users `tail -f` a run
     if self._tb is not None:
       for key, value in record.items():
         if key != 'step' and isinstance(value, numbers.Real) and not isinstance(value, bool):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ptm_jax import metrics as metrics_lib
+from ptm_jax import checkpoint as ckpt
 from ptm_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +57,9 @@ def test_runlocal_loss_falls_on_real_text(spec, data_dir, tmp_path):
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "100"))
   assert any(f.startswith("events") for f in os.listdir(os.path.join(tmp_path, "tensorboard")))
+  # Params-only restore (what --config.init_from reads) from the run directory.
+  params = ckpt.restore_params(str(tmp_path))
+  assert train.count_params(params) == result.num_params
 
 
 def test_exact_resume_in_a_new_process(data_dir, tmp_path):
