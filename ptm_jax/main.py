@@ -74,6 +74,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("both --config and --workdir are required")
+  if not FLAGS["verbosity"].present:
+    # Orbax/grain/tfds log every save and read at INFO; the progress lines and report are the output.
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.distributed:
     import jax
     # TPU pods, SLURM and Open MPI are auto-detected; elsewhere the three JAX_* variables say it.

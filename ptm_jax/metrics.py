@@ -108,16 +108,24 @@ class MetricWriter:
 
 
 class ProgressBar:
-  """tqdm bar over training steps with a loss / tokens-per-second postfix; silent off a TTY."""
+  """tqdm bar over training steps with a loss / tokens-per-second postfix.
+
+  Off a TTY (CI logs, `make run > log`) the bar is replaced by one plain line per update on
+  stdout, so long runs still show progress without carriage-return noise; other hosts are silent.
+  """
 
   def __init__(self, total: int, initial: int = 0, *, desc: str = 'train',
-               disable: bool | None = None):
+               disable: bool | None = None, plain_lines: bool | None = None):
+    is_chief = jax.process_index() == 0
     if disable is None:
-      # Log files and non-zero hosts would otherwise fill up with carriage-return noise.
-      disable = not sys.stderr.isatty() or jax.process_index() != 0
+      disable = not sys.stderr.isatty() or not is_chief
+    if plain_lines is None:
+      plain_lines = disable and is_chief and not sys.stderr.isatty()
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     self._bar = tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
     self._step = initial
+    self._plain = plain_lines
+    self._desc, self._total = desc, total
 
   @property
   def disabled(self) -> bool:
@@ -133,6 +141,9 @@ class ProgressBar:
       self._bar.set_postfix(shown, refresh=False)
     self._bar.update(int(step) - self._step)
     self._step = int(step)
+    if self._plain:
+      values = '  '.join(f'{k} {v}' for k, v in shown.items())
+      print(f'{self._desc}  step {self._step}/{self._total}  {values}', flush=True)
 
   def close(self) -> None:
     """Closes the bar."""
