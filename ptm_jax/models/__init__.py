@@ -11,6 +11,7 @@ import flax.linen as nn
 FAMILIES: dict[str, str] = {
     'encoder': 'ptm_jax.models.encoder',
     'decoder': 'ptm_jax.models.decoder',
+    'albert': 'ptm_jax.models.albert',
 }
 
 
