@@ -88,6 +88,10 @@ def make_dataset(data_cfg, tokenizer: Tokenizer, *, split: str, global_batch_siz
                    shuffle=bool(data_cfg.get('shuffle', True)) and split == 'train', repeat=repeat,
                    process_index=process_index, process_count=process_count)
   threads = int(data_cfg.get('num_threads', 4))
+  if (data_cfg.get('pairs', '') or data_cfg.get('cross_document', False)) and \
+      data_cfg.get('annotations', ()):
+    raise ValueError('data.annotations (word/phrase/entity ids) cannot be combined with '
+                     'data.pairs or data.cross_document yet; use one of them')
   if data_cfg.get('pairs', '') or data_cfg.get('cross_document', False):
     from ptm_jax.data import pairs  # NSP/SOP pair rows, or RoBERTa's cross-document rows
     return pairs.make_dataset(
