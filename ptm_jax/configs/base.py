@@ -22,8 +22,8 @@ def model_config(family: str, variant: str, **overrides) -> ml_collections.Confi
       value = module.VARIANTS[variant][f.name]
     if f.name in ("dtype", "param_dtype"):
       value = _dtype_name(value)
-    if isinstance(value, tuple):
-      value = list(value)
+    if value is None:  # a typed placeholder, so `--config.model.head_dim=64` can still set it
+      value = ml_collections.config_dict.placeholder(_optional_type(f.type))
     fields[f.name] = value
   fields["vocab_size"] = 0  # 0 = take it from the tokenizer
   fields.update(overrides)
@@ -31,6 +31,15 @@ def model_config(family: str, variant: str, **overrides) -> ml_collections.Confi
   if unknown:
     raise ValueError(f"unknown {family} Config fields {sorted(unknown)}")
   return ml_collections.ConfigDict({"family": family, "variant": variant, **fields})
+
+
+def _optional_type(annotation) -> type:
+  """`int | None` -> int (annotations are strings under `from __future__ import annotations`)."""
+  text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+  for name, kind in (("int", int), ("float", float), ("bool", bool), ("str", str)):
+    if name in text:
+      return kind
+  return object
 
 
 def _needs_vocab(module) -> bool:
