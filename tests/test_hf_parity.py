@@ -1,8 +1,8 @@
 """Numerical parity with the HF PyTorch reference: BERT, GPT-2 and Llama, fp32, padded batches.
 
 Random HF models (every weight re-drawn, LayerNorm gains included, so a wrong mapping shows)
-are copied into our parameter trees by the small name maps below; outputs must agree to 1e-4
-at non-padded positions. The maps move to `ptm_jax/interop/` with the interop issue.
+are copied into our parameter trees by the library's name maps (`ptm_jax/interop/maps/`); outputs
+must agree to 1e-4 at non-padded positions. `test_interop.py` covers the files around the maps.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
+from ptm_jax.interop import hf as interop_hf, maps  # noqa: E402
 from ptm_jax.models import decoder, encoder  # noqa: E402
 
 B, L, V = 3, 12, 1000
@@ -55,89 +56,14 @@ def _check_complete(ours: dict, template: dict) -> None:
     assert flat_o[k].shape == v.shape, (k, flat_o[k].shape, v.shape)
 
 
-def bert_params_from_hf(sd: dict, cfg: encoder.Config) -> dict:
-  """HF `BertForPreTraining` state dict -> our encoder params."""
-  n, h = cfg.num_heads, cfg.resolved_head_dim
-  g = lambda k: _np(sd[k])
-  ln = lambda k: {'scale': g(k + '.weight'), 'bias': g(k + '.bias')}
-  p = {
-      'token_embed': {'embedding': g('bert.embeddings.word_embeddings.weight')},
-      'position_embed': {'embedding': g('bert.embeddings.position_embeddings.weight')},
-      'type_embed': {'embedding': g('bert.embeddings.token_type_embeddings.weight')},
-      'embed_norm': ln('bert.embeddings.LayerNorm'),
-      'pooler': {'kernel': g('bert.pooler.dense.weight').T, 'bias': g('bert.pooler.dense.bias')},
-      'mlm_head': {
-          'dense': {'kernel': g('cls.predictions.transform.dense.weight').T,
-                    'bias': g('cls.predictions.transform.dense.bias')},
-          'norm': ln('cls.predictions.transform.LayerNorm'),
-          'bias': g('cls.predictions.bias')},
-      'nsp_head': {'kernel': g('cls.seq_relationship.weight').T,
-                   'bias': g('cls.seq_relationship.bias')},
-  }
-  for i in range(cfg.num_layers):
-    pre = f'bert.encoder.layer.{i}.'
-    qkv = lambda name: {'kernel': g(pre + f'attention.self.{name}.weight').T.reshape(-1, n, h),
-                        'bias': g(pre + f'attention.self.{name}.bias').reshape(n, h)}
-    p[f'layers_{i}'] = {
-        'attention': {
-            'query': qkv('query'), 'key': qkv('key'), 'value': qkv('value'),
-            'out': {'kernel': g(pre + 'attention.output.dense.weight').T.reshape(n, h, -1),
-                    'bias': g(pre + 'attention.output.dense.bias')}},
-        'attention_norm': ln(pre + 'attention.output.LayerNorm'),
-        'mlp': {'wi': {'kernel': g(pre + 'intermediate.dense.weight').T,
-                       'bias': g(pre + 'intermediate.dense.bias')},
-                'wo': {'kernel': g(pre + 'output.dense.weight').T,
-                       'bias': g(pre + 'output.dense.bias')}},
-        'mlp_norm': ln(pre + 'output.LayerNorm'),
-    }
-  return p
-
-
-def gpt2_params_from_hf(sd: dict, cfg: decoder.Config) -> dict:
-  """HF `GPT2LMHeadModel` state dict (Conv1D weights are [in, out]) -> our decoder params."""
-  n, h, d = cfg.num_heads, cfg.resolved_head_dim, cfg.embed_dim
-  g = lambda k: _np(sd[k])
-  ln = lambda k: {'scale': g(k + '.weight'), 'bias': g(k + '.bias')}
-  p = {'token_embed': {'embedding': g('transformer.wte.weight')},
-       'position_embed': {'embedding': g('transformer.wpe.weight')},
-       'final_norm': ln('transformer.ln_f')}
-  for i in range(cfg.num_layers):
-    pre = f'transformer.h.{i}.'
-    w_qkv, b_qkv = g(pre + 'attn.c_attn.weight'), g(pre + 'attn.c_attn.bias')
-    attn = {name: {'kernel': w_qkv[:, j * d:(j + 1) * d].reshape(d, n, h),
-                   'bias': b_qkv[j * d:(j + 1) * d].reshape(n, h)}
-            for j, name in enumerate(('query', 'key', 'value'))}
-    attn['out'] = {'kernel': g(pre + 'attn.c_proj.weight').reshape(n, h, d),
-                   'bias': g(pre + 'attn.c_proj.bias')}
-    p[f'layers_{i}'] = {
-        'attention': attn, 'attention_norm': ln(pre + 'ln_1'), 'mlp_norm': ln(pre + 'ln_2'),
-        'mlp': {'wi': {'kernel': g(pre + 'mlp.c_fc.weight'), 'bias': g(pre + 'mlp.c_fc.bias')},
-                'wo': {'kernel': g(pre + 'mlp.c_proj.weight'), 'bias': g(pre + 'mlp.c_proj.bias')}},
-    }
-  return p
-
-
-def llama_params_from_hf(sd: dict, cfg: decoder.Config) -> dict:
-  """HF `LlamaForCausalLM` state dict (untied, no biases) -> our decoder params."""
-  n, h, kv = cfg.num_heads, cfg.resolved_head_dim, cfg.num_kv_heads
-  g = lambda k: _np(sd[k])
-  p = {'token_embed': {'embedding': g('model.embed_tokens.weight')},
-       'final_norm': {'scale': g('model.norm.weight')},
-       'lm_head': {'kernel': g('lm_head.weight').T}}
-  for i in range(cfg.num_layers):
-    pre = f'model.layers.{i}.'
-    heads = lambda name, k: {'kernel': g(pre + f'self_attn.{name}.weight').T.reshape(-1, k, h)}
-    p[f'layers_{i}'] = {
-        'attention': {'query': heads('q_proj', n), 'key': heads('k_proj', kv),
-                      'value': heads('v_proj', kv),
-                      'out': {'kernel': g(pre + 'self_attn.o_proj.weight').T.reshape(n, h, -1)}},
-        'attention_norm': {'scale': g(pre + 'input_layernorm.weight')},
-        'mlp_norm': {'scale': g(pre + 'post_attention_layernorm.weight')},
-        'mlp': {'wi_gate': {'kernel': g(pre + 'mlp.gate_proj.weight').T},
-                'wi_up': {'kernel': g(pre + 'mlp.up_proj.weight').T},
-                'wo': {'kernel': g(pre + 'mlp.down_proj.weight').T}},
-    }
-  return p
+def _from_hf(architecture: str, sd: dict, cfg) -> dict:
+  """HF state dict -> our params through the library's name map (`ptm_jax.interop.maps`)."""
+  tensors = {k: _np(v) for k, v in sd.items()}
+  params, initialised = interop_hf.params_from_tensors(
+      maps.for_architecture(architecture), cfg, tensors, lambda k: tensors[k].shape,
+      tensors.__getitem__)
+  assert not initialised, initialised
+  return params
 
 
 def _ours(model, params_template_fn, hf_params, tokens, valid, positions, token_types=None):
@@ -167,7 +93,7 @@ def test_bert_parity():
   model = encoder.Model(cfg)
   tokens, seg, pos, valid = _batch(1)
   types = np.where(np.arange(L)[None, :] >= 4, 1, 0).astype(np.int32) * seg
-  params = bert_params_from_hf(hf.state_dict(), cfg)
+  params = _from_hf('BertForPreTraining', hf.state_dict(), cfg)
   ours = _ours(model, lambda: model.init(jax.random.key(0), tokens, segment_ids=seg,
                                          positions=pos, token_types=types),
                params, tokens, seg, pos, types)
@@ -194,7 +120,7 @@ def test_gpt2_parity():
                        max_position_embeddings=32)
   model = decoder.Model(cfg)
   tokens, seg, pos, valid = _batch(2)
-  params = gpt2_params_from_hf(hf.state_dict(), cfg)
+  params = _from_hf('GPT2LMHeadModel', hf.state_dict(), cfg)
   ours = _ours(model, lambda: model.init(jax.random.key(0), tokens, segment_ids=seg,
                                          positions=pos), params, tokens, seg, pos)
   with torch.no_grad():
@@ -219,7 +145,7 @@ def test_llama_parity():
                           'num_heads': 4, 'num_kv_heads': 2, 'mlp_dim': 96})
   model = decoder.Model(cfg)
   tokens, seg, pos, valid = _batch(3)
-  params = llama_params_from_hf(hf.state_dict(), cfg)
+  params = _from_hf('LlamaForCausalLM', hf.state_dict(), cfg)
   ours = _ours(model, lambda: model.init(jax.random.key(0), tokens, segment_ids=seg,
                                          positions=pos), params, tokens, seg, pos)
   with torch.no_grad():
