@@ -131,15 +131,26 @@ def create_state(model, tx, mesh, batch_shape, seed: int, init_params: Any | Non
 
 
 def merge_pretrained(fresh: Any, pretrained: Any) -> Any:
-  """Copies pretrained leaves into the fresh tree where keys and shapes match (top or one level down)."""
+  """Copies pretrained leaves into the fresh tree where keys and shapes match.
+
+  The two trees are aligned at the top or one level down on either side, so an encoder's params
+  land in a task model's `backbone`, and a SpanBERT `backbone` or an ELECTRA `discriminator`
+  (wrappers with extra heads) lands there too.
+  """
   fresh = jax.tree.map(np.asarray, fresh)
-  target_path: tuple = ()
-  if not set(pretrained) <= set(fresh):
-    hits = [k for k, sub in fresh.items() if isinstance(sub, dict) and set(pretrained) <= set(sub)]
-    if not hits:
-      raise ValueError("init_from: the pretrained params share no top-level modules with this "
-                       f"model (pretrained {sorted(pretrained)[:6]}, model {sorted(fresh)[:6]})")
-    target_path = (hits[0],)
+
+  def subtrees(tree):
+    yield (), tree
+    for k, sub in tree.items():
+      if isinstance(sub, dict):
+        yield (k,), sub
+
+  match = next(((fpath, src) for ppath, src in subtrees(pretrained) for fpath, dst in subtrees(fresh)
+                if set(src) <= set(dst)), None)
+  if match is None:
+    raise ValueError("init_from: the pretrained params share no top-level modules with this "
+                     f"model (pretrained {sorted(pretrained)[:6]}, model {sorted(fresh)[:6]})")
+  target_path, pretrained = match
   loaded, skipped = 0, []
 
   def copy(dst: dict, src: dict, path: str):
@@ -159,6 +170,8 @@ def merge_pretrained(fresh: Any, pretrained: Any) -> Any:
   for k in target_path:
     sub = sub[k]
   copy(sub, pretrained, "/".join(target_path) + "/" if target_path else "")
+  if not loaded:
+    raise ValueError(f"init_from: no pretrained tensor fits this model (skipped {skipped[:5]})")
   logging.info("init_from: loaded %d tensors, skipped %d %s", loaded, len(skipped), skipped[:5])
   return fresh
 
