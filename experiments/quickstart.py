@@ -18,6 +18,7 @@ model, longer pretraining, 3 seeds) or 'tiny' (the test suite's: 400 pretraining
 import ml_collections
 
 from ptm_jax.configs import base
+from ptm_jax.tasks import finetune
 
 
 def get_config(arg: str = "runlocal"):
@@ -36,7 +37,7 @@ def get_config(arg: str = "runlocal"):
     config.optim.update(learning_rate=5e-4, warmup_steps=500)
     config.train.update(steps=20_000, batch_size=128, log_every=100, eval_every=2000,
                         eval_batches=20, checkpoint_every=5000)
-    downstream = dict(seeds=[0, 1, 2], steps=2000, batch_size=32, learning_rate=5e-5,
+    downstream = dict(seeds=(0, 1, 2), steps=2000, batch_size=32, learning_rate=5e-5,
                       warmup_steps=200, eval_every=200, early_stop_patience=4)
   else:
     # Tuned on 2 CPU cores: a 2-layer, 128-wide encoder and a 4k vocab keep a pretraining step cheap
@@ -50,10 +51,11 @@ def get_config(arg: str = "runlocal"):
     config.train.update(steps=400 if tiny else 1000, batch_size=32, log_every=50,
                         eval_every=400 if tiny else 500, eval_batches=8,
                         checkpoint_every=400 if tiny else 1000)
-    downstream = dict(seeds=[0] if tiny else [0, 1], steps=200 if tiny else 300, batch_size=32,
+    downstream = dict(seeds=(0,) if tiny else (0, 1), steps=200 if tiny else 300, batch_size=32,
                       learning_rate=3e-4, warmup_steps=30, eval_every=50, early_stop_patience=0)
-  config.downstream = ml_collections.ConfigDict(dict(
-      tasks=["rt_sentiment"], seq_len=64, pooling="mean", head_dropout_rate=0.1, weight_decay=0.01,
-      eval_batch_size=0, **downstream))
+  # Every fine-tune field (tasks/finetune.py DEFAULTS) is present, so each is overridable by flag.
+  config.downstream = ml_collections.ConfigDict({**finetune.DEFAULTS, **dict(
+      tasks=("rt_sentiment",), seq_len=64, pooling="mean", head_dropout_rate=0.1, weight_decay=0.01,
+      eval_batch_size=0, **downstream)})
   config.report.title = f"Quickstart ({arg}): BERT-style MLM on news_en -> rt_sentiment"
   return config

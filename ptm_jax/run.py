@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 import jax
@@ -21,6 +22,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if _has_downstream(config) and not result.preempted:
     from ptm_jax import tasks  # the downstream stage is only imported when a config asks for it
     summary["downstream"] = tasks.run_downstream(config, workdir, pretrained_dir=pretrain_dir)
+    if jax.process_index() == 0:  # machine-readable next to report.md (notebooks, tests, sweeps)
+      with open(os.path.join(workdir, "downstream.json"), "w") as f:
+        json.dump(summary["downstream"]["rows"], f, indent=1, default=float)
   if jax.process_index() == 0:
     report = write_report(config, workdir, summary)
     print(report)

@@ -277,12 +277,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
   end_step = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
-  bar = metrics_lib.ProgressBar(total=end_step, initial=start_step, desc=os.path.basename(workdir))
+  bar = metrics_lib.ProgressBar(total=end_step, initial=start_step,
+                                desc="/".join(os.path.normpath(workdir).split(os.sep)[-3:]))
   pending: list[dict[str, jax.Array]] = []
-  eval_history: list[dict[str, float]] = []
-  last = {"loss": float("nan")}
+  # A resumed run continues the history it already wrote (tokens seen, evals, last loss).
+  history = metrics_lib.read_jsonl(os.path.join(workdir, metrics_lib.JSONL_NAME)) if start_step else []
+  eval_history = [{k: v for k, v in r.items() if k == "step" or "/" in k}
+                  for r in history if any("/" in k for k in r)]
+  train_records = [r for r in history if "loss" in r]
+  last = train_records[-1] if train_records else {"loss": float("nan")}
   last_saved = start_step if start_step else None
-  tokens_seen, t_log, t0 = 0, time.time(), time.time()
+  tokens_seen = int(last.get("tokens_seen", 0))
+  t_log, t0 = time.time(), time.time()
   step = start_step
   preempted = False
 

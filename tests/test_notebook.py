@@ -1,5 +1,12 @@
-"""colab/quickstart.ipynb executes top to bottom (at the test-suite size) and shows the report."""
+"""colab/quickstart.ipynb executes top to bottom (at the test-suite size) and shows the report.
+
+This is also the suite's one end-to-end run of the quickstart job (tokenizer -> MLM pretraining ->
+rt_sentiment fine-tunes -> report): the pretrained encoder must beat random init.
+"""
+import json
 import os
+
+import numpy as np
 
 import nbclient
 import nbformat
@@ -16,7 +23,7 @@ def test_notebook_has_no_logic():
   assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code')  # stored clean
 
 
-def test_notebook_executes(data_dir, tmp_path):
+def test_notebook_executes(data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = str(tmp_path / 'quickstart')
   replaced = 0
@@ -27,7 +34,8 @@ def test_notebook_executes(data_dir, tmp_path):
                      .replace("os.path.abspath(os.path.join('runs', 'quickstart'))", repr(workdir)))
       replaced += 1
   assert replaced == 1
-  # The kernel inherits PTM_JAX_DATA_DIR (the session cache) and XLA_FLAGS (8 CPU devices).
+  # The kernel inherits PTM_JAX_DATA_DIR (the session cache); one CPU device, as a user's laptop.
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',
                                    resources={'metadata': {'path': str(tmp_path)}})
   client.execute()
@@ -39,3 +47,9 @@ def test_notebook_executes(data_dir, tmp_path):
   assert sum('image/png' in o['data'] for o in shown) >= 2
   assert os.path.exists(os.path.join(workdir, 'report.md'))
   assert os.path.exists(os.path.join(workdir, 'curves.png'))
+  rows = json.load(open(os.path.join(workdir, 'downstream.json')))
+  acc = {init: np.mean([r['test_accuracy'] for r in rows if r['init'] == init])
+         for init in ('pretrained', 'random')}
+  dev = {init: np.mean([r['dev_accuracy'] for r in rows if r['init'] == init])
+         for init in ('pretrained', 'random')}
+  assert acc['pretrained'] > acc['random'] and dev['pretrained'] > dev['random'], (acc, dev)

@@ -24,9 +24,10 @@ from ptm_jax.data.sources import downstream
 
 INITS = ('pretrained', 'random')
 # config.downstream fields and their defaults; experiments set the ones they care about.
-DEFAULTS = dict(tasks=[], seeds=[0], steps=1000, batch_size=32, learning_rate=5e-5,
+DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5e-5,
                 warmup_steps=100, eval_every=100, eval_batch_size=0, early_stop_patience=0,
-                pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0)
+                pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
+                train_examples=0)
 
 
 def downstream_field(config, name: str) -> Any:
@@ -76,6 +77,8 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
         dropout_rate=field('head_dropout_rate'),
         backbone='decoder' if config.model.family == 'decoder' else 'encoder')
     ft.data.source = task
+    # A fixed subset of the labelled train split (0 = all): the low-resource regime.
+    ft.data.max_train_examples = int(field('train_examples'))
     ft.data.tokenizer = tokenizer_cfg if tokenizer_cfg is not None else pinned_tokenizer_config(config)
     if field('seq_len'):
       ft.data.seq_len = int(field('seq_len'))

@@ -389,12 +389,18 @@ def make_task_iterator(data_cfg, tokenizer, *, split: str, global_batch_size: in
     raise ValueError(f'{info.name}/{split} is empty')
   encode = _encode_fn(tokenizer, int(data_cfg.seq_len), info.kind == 'tagging')
   if repeat:
-    if len(source) < global_batch_size:
+    if min(len(source), int(data_cfg.get('max_train_examples', 0) or 0) or len(source)) < global_batch_size:
       raise ValueError(f'{info.name}/{split} has {len(source)} examples, fewer than one batch of '
                        f'{global_batch_size}')
     shuffle_seed = np.random.SeedSequence([int(data_cfg.get('shuffle_seed', 0)) % 2**32,
                                            int(seed) % 2**32]).generate_state(1)[0]
-    ds = grain.MapDataset.source(source).seed(int(shuffle_seed)).shuffle().repeat()
+    ds = grain.MapDataset.source(source)
+    limit = int(data_cfg.get('max_train_examples', 0) or 0) if split == 'train' else 0
+    if limit:
+      # The split is already a hash-ordered sample of the task, so its first N rows are a fixed,
+      # unbiased subset, the same for every seed and init.
+      ds = ds[:limit]
+    ds = ds.seed(int(shuffle_seed)).shuffle().repeat()
     ds = ds[process_index::process_count].map(encode).batch(local, drop_remainder=True)
   else:
     order = _EvalOrder(source, global_batch_size, process_index, process_count)
