@@ -4,16 +4,23 @@ sentiment fine-tuning from the pretrained weights vs from random init with the s
 Devlin et al. (2019), "BERT: Pre-training of Deep Bidirectional Transformers for Language
 Understanding": a bidirectional encoder pretrained with the cloze objective transfers to sentence
 classification better than the same network trained from scratch. Here the encoder is small and the
-corpus is the packaged English news (`news_en`, 3,340 articles minus the news_source test split), the
-task `rt_sentiment` (Rotten Tomatoes snippets, 80/10/10 split); the report gives dev/test accuracy
-(mean ± std over seeds; test at the best-dev evaluation) for both inits.
+corpus is the packaged English news (`news_en`, minus the news_source test split) mixed with the
+unlabelled train/validation text of the task `rt_sentiment` (Rotten Tomatoes snippets, 80/10/10
+split); the report gives dev/test accuracy (mean ± std over seeds; test at the best-dev evaluation)
+for both inits.
+
+Measured status (2026-11-23, 2 CPU cores): at the CPU budget the claim does NOT hold yet -- after
+1,200 MLM steps (~2.5M tokens, eval MLM loss ~5.7, accuracy ~17 %) the pretrained encoder fine-tunes
+to the same accuracy as random init (0.67-0.68 test), and a linear probe on its frozen features gains
+only ~1.5 points over random features. The `gpu` size is where the claim is expected to show; see the
+README's quickstart section.
 
   make run                                              # = the line below
   python -m ptm_jax.main --config experiments/quickstart.py:runlocal --workdir runs/quickstart
   python -m ptm_jax.main --config experiments/quickstart.py:gpu --workdir runs/quickstart_gpu
 
 `arg`: '' or 'runlocal' (CPU-sized: the whole job fits in ~10 minutes on 2 cores), 'gpu' (larger
-model, longer pretraining, 3 seeds) or 'tiny' (the test suite's: 400 pretraining steps, one seed).
+model, longer pretraining, 3 seeds) or 'tiny' (the test suite's: 200 pretraining steps, one seed).
 """
 import ml_collections
 
@@ -27,7 +34,9 @@ def get_config(arg: str = "runlocal"):
     raise ValueError(f"quickstart takes 'runlocal', 'gpu' or 'tiny' (the test suite's), not {arg!r}")
   gpu = arg == "gpu"
   config = base.base_config("encoder", "mini" if gpu else "runlocal", "mlm")
-  config.data.source = "news_en"
+  # News plus the *unlabelled* train/validation text of the task (task-adaptive pretraining,
+  # Gururangan et al. 2020); the task's test split is never read by pretraining.
+  config.data.source = "news_en:0.5,rt_sentiment:0.5"
   config.data.bos, config.data.eos = True, True  # [CLS] chunk [SEP]
   config.data.tokenizer.vocab_size = 8000
   config.optim.update(schedule="linear", weight_decay=0.01)
@@ -40,22 +49,24 @@ def get_config(arg: str = "runlocal"):
     downstream = dict(seeds=(0, 1, 2), steps=2000, batch_size=32, learning_rate=5e-5,
                       warmup_steps=200, eval_every=200, early_stop_patience=4)
   else:
-    # Tuned on 2 CPU cores: a 2-layer, 128-wide encoder and a 4k vocab keep a pretraining step cheap
-    # enough for ~1k steps; mean pooling, since MLM alone never trains the [CLS] vector or pooler.
+    # Sized for 2 CPU cores (~10k tokens/s): a 2-layer, 128-wide encoder, a 4k vocab, 64-token rows
+    # (snippets are short); LR 2e-3 is the highest that still leaves the unigram plateau (3e-3 stalls
+    # there). Mean pooling, since MLM alone never trains the [CLS] vector or the pooler.
     tiny = arg == "tiny"
     config.model.update(dtype="float32", num_layers=2, embed_dim=128, num_heads=2, mlp_dim=512,
                         max_position_embeddings=128)
-    config.data.seq_len = 128
+    config.data.seq_len = 64
     config.data.tokenizer.update(vocab_size=4000, max_train_chars=2_000_000)
-    config.optim.update(learning_rate=1e-3, warmup_steps=50)
-    config.train.update(steps=400 if tiny else 1000, batch_size=32, log_every=50,
-                        eval_every=400 if tiny else 500, eval_batches=8,
-                        checkpoint_every=400 if tiny else 1000)
-    downstream = dict(seeds=(0,) if tiny else (0, 1), steps=200 if tiny else 300, batch_size=32,
-                      learning_rate=3e-4, warmup_steps=30, eval_every=50, early_stop_patience=0)
+    config.optim.update(learning_rate=2e-3, warmup_steps=50)
+    config.train.update(steps=200 if tiny else 1200, batch_size=32, log_every=50,
+                        eval_every=200 if tiny else 600, eval_batches=8,
+                        checkpoint_every=200 if tiny else 1200)
+    downstream = dict(seeds=(0,) if tiny else (0, 1), steps=60 if tiny else 300, batch_size=32,
+                      learning_rate=3e-4, warmup_steps=30, eval_every=30 if tiny else 50,
+                      early_stop_patience=0)
   # Every fine-tune field (tasks/finetune.py DEFAULTS) is present, so each is overridable by flag.
   config.downstream = ml_collections.ConfigDict({**finetune.DEFAULTS, **dict(
       tasks=("rt_sentiment",), seq_len=64, pooling="mean", head_dropout_rate=0.1, weight_decay=0.01,
       eval_batch_size=0, **downstream)})
-  config.report.title = f"Quickstart ({arg}): BERT-style MLM on news_en -> rt_sentiment"
+  config.report.title = f"Quickstart ({arg}): BERT-style MLM on news + RT text -> rt_sentiment"
   return config
