@@ -39,7 +39,9 @@ def write_report(config, workdir: str, summary: dict) -> str:
   """Markdown report + loss curves of the run; returns the markdown text."""
   r: train.TrainResult = summary["pretrain"]
   curves = os.path.join(workdir, "curves.png")
-  metrics_lib.plot_curves(_metrics_files(workdir), curves)
+  # Pretraining curves only: the fine-tunes have their own figure (finetune.png).
+  metrics_lib.plot_curves(os.path.join(r.workdir, metrics_lib.JSONL_NAME), curves,
+                          title=f"pretraining: {config.objective.name} loss (train, eval)")
   title = config.report.title or f"{config.model.family}/{config.model.variant} + {config.objective.name}"
   lines = [
       f"# {title}",
@@ -61,11 +63,3 @@ def write_report(config, workdir: str, summary: dict) -> str:
     f.write(text)
   logging.info("report written to %s", os.path.join(workdir, "report.md"))
   return text
-
-
-def _metrics_files(workdir: str) -> list[str]:
-  found = []
-  for root, _, files in os.walk(workdir):
-    if "metrics.jsonl" in files and "checkpoints" not in root:
-      found.append(os.path.join(root, "metrics.jsonl"))
-  return sorted(found)
