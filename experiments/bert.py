@@ -25,21 +25,9 @@ def get_config(arg: str = "runlocal"):
   variant = arg[:-len("_mlm")] if plain_mlm else arg
   config = base.base_config("encoder", variant, "mlm" if plain_mlm else "mlm_nsp")
   config.data.source = "news_en"
-  config.data.bos, config.data.eos = True, True  # [CLS] chunk [SEP] (plain MLM)
   if not plain_mlm:
     config.data.pairs = "nsp"  # one [CLS] A [SEP] B [SEP] example per row, token_types 0/1
-  config.optim.update(learning_rate=1e-4, warmup_steps=10_000, schedule="linear", weight_decay=0.01)
-  config.train.update(steps=1_000_000, batch_size=256, log_every=100, eval_every=10_000,
-                      checkpoint_every=10_000)
-  config.data.seq_len = 512 if variant in ("base", "large") else 128
-  config.model.dtype = "bfloat16"
-  if variant == "runlocal":
-    config.model.dtype = "float32"
-    config.data.seq_len = 128
-    config.data.tokenizer.vocab_size = 8000
-    config.optim.update(learning_rate=1e-3, warmup_steps=20)
-    config.train.update(steps=300, batch_size=16, log_every=10, eval_every=100, eval_batches=4,
-                        checkpoint_every=100)
+  base.bert_pretraining(config, variant, steps=1_000_000)
   what = "masked LM" if plain_mlm else "masked LM + NSP"
   config.report.title = f"BERT-{variant} {what} on {config.data.source}"
   return config

@@ -40,19 +40,7 @@ def get_config(arg: str = "runlocal"):
   config.data.source = "people_daily_zh" if zh else "news_en"
   config.data.annotations = ("words", "phrases", "entities")
   config.objective.basic_unit = "token" if zh else "word"  # Chinese characters / English words
-  config.data.bos, config.data.eos = True, True
-  config.optim.update(learning_rate=1e-4, warmup_steps=10_000, schedule="linear", weight_decay=0.01)
-  config.train.update(steps=1_000_000, batch_size=256, log_every=100, eval_every=10_000,
-                      checkpoint_every=10_000)
-  config.data.seq_len = 512 if variant in ("base", "large") else 128
-  config.model.dtype = "bfloat16"
-  if variant == "runlocal":
-    config.model.dtype = "float32"
-    config.data.seq_len = 128
-    config.data.tokenizer.vocab_size = 8000
-    config.optim.update(learning_rate=1e-3, warmup_steps=20)
-    config.train.update(steps=300, batch_size=16, log_every=10, eval_every=100, eval_batches=4,
-                        checkpoint_every=100)
+  base.bert_pretraining(config, variant, steps=1_000_000)
   stage = next((f for f in flags if f in _STAGES), "")
   if stage:
     config.objective.level_probs = _STAGES[stage]

@@ -97,3 +97,26 @@ def base_config(family: str, variant: str, objective: str) -> ml_collections.Con
   config.mesh = ml_collections.ConfigDict(dict(preset="dp", tensor_parallel=0, num_devices=0))
   config.report = ml_collections.ConfigDict(dict(title=""))
   return config
+
+
+def bert_pretraining(config: ml_collections.ConfigDict, variant: str, *,
+                     steps: int = 1_000_000) -> ml_collections.ConfigDict:
+  """BERT's pretraining recipe (Devlin et al. 2019, A.2), shared by the BERT-style experiments.
+
+  AdamW 1e-4, 10k warmup, linear decay, weight decay 0.01, batch 256, 512-token rows for base/large
+  (128 otherwise), bf16 compute; `runlocal` swaps in the CPU size (8k vocab, 300 steps of 16 rows).
+  """
+  config.data.bos, config.data.eos = True, True  # [CLS] chunk [SEP]
+  config.optim.update(learning_rate=1e-4, warmup_steps=10_000, schedule="linear", weight_decay=0.01)
+  config.train.update(steps=steps, batch_size=256, log_every=100, eval_every=10_000,
+                      checkpoint_every=10_000)
+  config.data.seq_len = 512 if variant in ("base", "large") else 128
+  config.model.dtype = "bfloat16"
+  if variant == "runlocal":
+    config.model.dtype = "float32"
+    config.data.seq_len = 128
+    config.data.tokenizer.vocab_size = 8000
+    config.optim.update(learning_rate=1e-3, warmup_steps=20)
+    config.train.update(steps=300, batch_size=16, log_every=10, eval_every=100, eval_batches=4,
+                        checkpoint_every=100)
+  return config
