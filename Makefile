@@ -25,7 +25,7 @@ run: setup
 	$(PY) -m ptm_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs
