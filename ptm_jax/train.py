@@ -301,6 +301,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     for i, r in enumerate(records):
       if not math.isfinite(float(r["loss"])):
         bad = step_now - len(records) + i + 1
+        manager.wait_until_finished()  # the named checkpoint must be complete on disk
         where = (f"the last good checkpoint is step {last_saved} in {manager.directory}"
                  if last_saved else "no checkpoint was saved yet")
         raise NonFiniteLossError(f"loss became {float(r['loss'])} at step {bad}; {where}; "
