@@ -21,7 +21,7 @@ sys.path.insert(0, REPO)
 
 from ptm_jax import metrics as metrics_lib  # noqa: E402
 from ptm_jax import train  # noqa: E402
-from ptm_jax.main import _load_experiment  # noqa: E402
+from ptm_jax.configs import load_experiment as _load_experiment  # noqa: E402
 
 SPECS = ["bert.py:runlocal_mlm", "bert.py:runlocal", "roberta.py:runlocal", "bert_wwm.py:runlocal",
          "ernie.py:runlocal", "spanbert.py:runlocal", "albert.py:runlocal", "electra.py:runlocal",

@@ -6,28 +6,19 @@ a one-line error naming the nearest valid fields.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ptm_jax import configs
+
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/bert.py:runlocal.",
                                  lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (metrics, checkpoints, report).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 FLAGS = flags.FLAGS
-
-
-def _load_experiment(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_ptm_experiment", path)
-  if module_spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"experiment file {path!r} not found (try experiments/bert.py)")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def _flatten(cfg, prefix="") -> list[str]:
@@ -46,7 +37,7 @@ def _override_error(argv: list[str], error: Exception) -> str:
   if spec is None and "--config" in argv:
     spec = argv[argv.index("--config") + 1]
   try:
-    valid = _flatten(_load_experiment(spec)) if spec else []
+    valid = _flatten(configs.load_experiment(spec)) if spec else []
   except Exception as e:  # noqa: BLE001 - the experiment file itself is broken: say that.
     return f"error: cannot load experiment {spec!r}: {type(e).__name__}: {e}"
   for arg in argv:

@@ -4,6 +4,7 @@ Pretraining and fine-tuning both run here; they differ only in objective, data a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,15 +29,21 @@ from ptm_jax.data import tokenizers
 from ptm_jax.state import TrainState
 
 
+@contextlib.contextmanager
 def _mesh_context(mesh):
   """The mesh as the context flax's logical constraints read.
 
   `jax.set_mesh` would be the modern spelling, but under it flax's DenseGeneral applies the 3-D
-  logical sharding of a kernel to its flat 2-D initial value and fails; the legacy context does not.
+  logical sharding of a kernel to its flat 2-D initial value and fails; the legacy context does not
+  (its DeprecationWarning is silenced here, where we chose it knowingly).
   """
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    return mesh
+    mesh.__enter__()
+  try:
+    yield mesh
+  finally:
+    mesh.__exit__(None, None, None)
 
 
 class NonFiniteLossError(FloatingPointError):

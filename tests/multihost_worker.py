@@ -17,7 +17,7 @@ if int(nproc) > 1:
                              process_id=int(pid))
 
 from ptm_jax import train  # noqa: E402
-from ptm_jax.main import _load_experiment  # noqa: E402
+from ptm_jax.configs import load_experiment as _load_experiment  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cfg = _load_experiment(os.path.join(REPO, "experiments/gpt.py:runlocal"))

@@ -230,7 +230,7 @@ def test_hf_albert_parity(share):
 # ------------------------------------------------------------------------------- training
 def test_albert_runlocal_loss_falls(data_dir, tmp_path):
   sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
+  from ptm_jax.configs import load_experiment as _load_experiment
   cfg = _load_experiment(os.path.join(REPO, 'experiments/albert.py:runlocal'))
   assert cfg.model.family == 'albert' and cfg.objective.name == 'mlm_sop'
   assert cfg.data.pairs == 'sop' and cfg.optim.name == 'lamb'

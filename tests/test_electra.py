@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 
 import flax
 import flax.linen as nn
@@ -16,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from ptm_jax import configs
 from ptm_jax import checkpoint as ckpt
 from ptm_jax import metrics as metrics_lib
 from ptm_jax import train
@@ -314,16 +314,7 @@ def test_hf_parity_generator_and_discriminator():
 
 
 def _load(spec, **overrides):
-  sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
-  cfg = _load_experiment(os.path.join(REPO, spec))
-  for dotted, value in overrides.items():
-    node = cfg
-    *parents, leaf = dotted.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return configs.load_experiment(os.path.join(REPO, spec), overrides)
 
 
 RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'data.seq_len': 64,

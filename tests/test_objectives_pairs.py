@@ -112,7 +112,7 @@ def test_missing_pairs_is_a_clear_error(name):
 
 def test_bert_runlocal_mlm_nsp_loss_falls(data_dir, tmp_path):
   sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
+  from ptm_jax.configs import load_experiment as _load_experiment
   cfg = _load_experiment(os.path.join(REPO, 'experiments/bert.py:runlocal'))
   assert cfg.objective.name == 'mlm_nsp' and cfg.data.pairs == 'nsp'
   plain = _load_experiment(os.path.join(REPO, 'experiments/bert.py:runlocal_mlm'))

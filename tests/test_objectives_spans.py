@@ -2,13 +2,13 @@
 runlocal experiments."""
 import functools
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ptm_jax import configs
 from ptm_jax import models, objectives
 from ptm_jax.data import annotate
 from ptm_jax.data.vocab import SpecialIds
@@ -347,16 +347,7 @@ def test_ernie_level_mixture_and_basic_rate(big_batch):
 
 
 def _load(spec, **overrides):
-  sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
-  cfg = _load_experiment(os.path.join(REPO, spec))
-  for dotted, value in overrides.items():
-    node = cfg
-    *parents, leaf = dotted.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return configs.load_experiment(os.path.join(REPO, spec), overrides)
 
 
 RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'train.log_every': 5,

@@ -230,7 +230,7 @@ def test_cross_document_rows_one_segment_with_separators(corpus):
 
 def test_roberta_runlocal_loss_falls(data_dir, tmp_path):
   sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
+  from ptm_jax.configs import load_experiment as _load_experiment
   cfg = _load_experiment(os.path.join(REPO, 'experiments/roberta.py:runlocal'))
   assert cfg.data.cross_document and cfg.model.type_vocab_size == 0
   assert cfg.model.position_offset == 2 and cfg.objective.name == 'mlm'

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from ptm_jax import configs
 from ptm_jax import metrics as metrics_lib
 from ptm_jax import checkpoint as ckpt
 from ptm_jax import train
@@ -18,16 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(spec, **overrides):
-  sys.path.insert(0, REPO)
-  from ptm_jax.main import _load_experiment
-  cfg = _load_experiment(os.path.join(REPO, spec))
-  for dotted, value in overrides.items():
-    node = cfg
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return configs.load_experiment(os.path.join(REPO, spec), overrides)
 
 
 def _cli(args, data_dir, **kw):

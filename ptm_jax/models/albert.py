@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, embeddings, masks, mlp, norms, positions
-from ptm_jax.models.encoder import dtypes
+from ptm_jax.models.encoder import MLMHead, dtypes
 
 SHARE_MODES = ('all', 'attention', 'ffn', 'none')
 
@@ -111,23 +111,6 @@ class FFNSublayer(nn.Module):
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
 
-class MLMHead(nn.Module):
-  """ALBERT's MLM head: dense H -> E, activation, LayerNorm(E), tied E-wide decoder + bias."""
-
-  config: Config
-
-  @nn.compact
-  def __call__(self, x_BLD, decode):
-    cfg, dt = self.config, dtypes(self.config)
-    h = mlp.dense(cfg.embedding_size, ('embed', None), use_bias=True,
-                  stddev=cfg.initializer_range, name='dense', **dt)(x_BLD)
-    h = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(mlp.activation(cfg.activation)(h))
-    bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
-                        (cfg.vocab_size,), dt['param_dtype'])
-    logits_BLV = decode(h) + bias_V.astype(jnp.float32)[None, None, :]
-    return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
-
-
 class Model(nn.Module):
   """ALBERT encoder with MLM, pooler and SOP heads; returns a dict (contracts.md)."""
 
@@ -160,7 +143,8 @@ class Model(nn.Module):
       self.shared_ffn = ffn_cls(cfg)
     else:
       self.ffn = [ffn_cls(cfg) for _ in range(cfg.num_layers)]
-    self.mlm_head = MLMHead(cfg)
+    # H -> E, then the tied E-wide decoder (ALBERT projects back to the embedding size).
+    self.mlm_head = MLMHead(cfg, width=cfg.embedding_size, axes=('embed', None))
     self.pooler = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), **dense)
     self.sop_head = mlp.dense(2, ('embed', None), **dense)
 

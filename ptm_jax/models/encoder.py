@@ -66,16 +66,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 class MLMHead(nn.Module):
-  """BERT's masked-LM head: dense -> GELU -> LayerNorm -> tied decoder (+ output bias)."""
+  """BERT's masked-LM head: dense -> GELU -> LayerNorm -> tied decoder (+ output bias).
 
-  config: Config
+  `width`/`axes` let ALBERT project H down to its embedding size E before the tied decoder.
+  """
+
+  config: Any
+  width: int | None = None  # None = embed_dim
+  axes: tuple = ('embed', 'mlp')
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, decode) -> jnp.ndarray:
     """`decode` maps `[B, L, D]` to tied float32 logits (the token embedding's `attend`)."""
     cfg, dt = self.config, dtypes(self.config)
-    h = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), use_bias=True, stddev=cfg.initializer_range,
-                  name='dense', **dt)(x_BLD)
+    h = mlp.dense(self.width or cfg.embed_dim, self.axes, use_bias=True,
+                  stddev=cfg.initializer_range, name='dense', **dt)(x_BLD)
     h = mlp.activation(cfg.activation)(h)
     h = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(h)
     bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
