@@ -129,15 +129,18 @@ class Model(nn.Module):
 
   def decode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
-             output_hidden_states: bool = False):
+             output_hidden_states: bool = False, prefix_flags: jnp.ndarray | None = None):
     """Blocks + final norm on embeddings; returns (hidden `[B, L, D]`, hidden_states or None).
 
     As in HF, the last entry of hidden_states is the final-normed output (= hidden).
+    `prefix_flags` `[B, L]` (prefix LM): flagged positions see each other bidirectionally.
     """
     cfg = self.config
     # Causal by index, not by position: with packing, index order within a segment is the
     # position order, and `positions` may carry offsets.
-    mask = masks.combine(masks.causal_mask(x_BLD.shape[1]), masks.padding_mask(segment_ids),
+    causal = (masks.causal_mask(x_BLD.shape[1]) if prefix_flags is None
+              else masks.prefix_mask(prefix_flags))
+    mask = masks.combine(causal, masks.padding_mask(segment_ids),
                          masks.segment_mask(segment_ids, segment_ids), attention_mask)
     rotary = None
     if cfg.positions == 'rotary':
@@ -161,16 +164,19 @@ class Model(nn.Module):
   def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
                token_types: jnp.ndarray | None = None,
                attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
-               output_hidden_states: bool = False) -> dict[str, Any]:
+               output_hidden_states: bool = False,
+               prefix_flags: jnp.ndarray | None = None) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits[, hidden_states]).
 
-    `token_types` is accepted for a uniform call signature and ignored.
+    `token_types` is accepted for a uniform call signature and ignored; `prefix_flags` makes
+    the flagged positions a bidirectional prefix (see `decode`).
     """
     del token_types
     x_BLD = self.embed(tokens, positions=positions, deterministic=deterministic)
     hidden_BLD, states = self.decode(x_BLD, segment_ids=segment_ids, positions=positions,
                                      attention_mask=attention_mask, deterministic=deterministic,
-                                     output_hidden_states=output_hidden_states)
+                                     output_hidden_states=output_hidden_states,
+                                     prefix_flags=prefix_flags)
     out = dict(hidden=hidden_BLD, logits=self.lm_logits(hidden_BLD))
     if output_hidden_states:
       out['hidden_states'] = states

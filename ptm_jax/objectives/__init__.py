@@ -19,6 +19,8 @@ _MODULES = {
     'ernie': 'ptm_jax.objectives.ernie',
     'spanbert': 'ptm_jax.objectives.spanbert',
     'electra': 'ptm_jax.objectives.electra',
+    # Seq2seq and unified objectives (issue 5).
+    'prefix_lm': 'ptm_jax.objectives.prefix_lm',
 }
 
 
