@@ -11,7 +11,7 @@ from scipy import stats
 
 from ptm_jax import configs, models, objectives
 from ptm_jax.data.vocab import SpecialIds
-from ptm_jax.objectives import noising, prefix_lm
+from ptm_jax.objectives import noising, prefix_lm, unilm
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -106,6 +106,133 @@ def test_prefix_mask_through_gradients():
   assert not causal[1, 2] and dep[1, 2]
 
 
+# ----------------------------------------------------------------------------- UniLM
+
+
+def long_rows(seed, batch, length, vocab=300):
+  """Single-document rows [CLS] text [SEP] with no reserved id inside: the rate tests' input."""
+  rs = np.random.RandomState(seed)
+  tokens = rs.randint(10, vocab, size=(batch, length)).astype(np.int32)
+  tokens[:, 0], tokens[:, -1] = SPECIALS.cls, SPECIALS.sep
+  return {'tokens': tokens, 'segment_ids': np.ones_like(tokens),
+          'positions': np.tile(np.arange(length, dtype=np.int32), (batch, 1))}
+
+
+def runs_of(flags_L):
+  """Lengths of the maximal runs of True."""
+  padded = np.concatenate([[0], flags_L.astype(np.int8), [0]])
+  edges = np.flatnonzero(np.diff(padded))
+  return edges[1::2] - edges[::2]
+
+
+def test_unilm_mode_mix_per_batch():
+  seen = set()
+  for seed in range(6):
+    modes = np.asarray(unilm.sample_modes(jax.random.key(seed), 12, unilm.Options().mode_probs))
+    np.testing.assert_array_equal(np.bincount(modes, minlength=4), [4, 4, 2, 2])
+    seen.add(tuple(modes))
+  assert len(seen) > 1  # which rows get which type changes with the rng
+
+
+def test_unilm_cloze_masking_rates():
+  batch = long_rows(0, 256, 512)
+  opts = unilm.Options()
+  out = jax.jit(lambda r, b: unilm.corrupt(r, b, specials=SPECIALS, options=opts))(
+      jax.random.key(0), batch)
+  w = np.asarray(out['weights']).astype(bool)
+  eligible = ~np.isin(batch['tokens'], SPECIALS.reserved)
+  assert not (w & ~eligible).any()
+  rate = w.sum() / eligible.sum()
+  assert abs(rate - 0.15) < 0.005, rate
+  lengths = np.concatenate([runs_of(row) for row in w])
+  hist = np.bincount(lengths, minlength=4)[1:]
+  assert len(np.bincount(lengths)) <= 4  # units never touch: no run longer than a trigram
+  assert stats.chisquare(hist, hist.sum() * np.asarray([0.8, 0.1, 0.1])).pvalue > 1e-3, hist
+  inputs, tokens = np.asarray(out['inputs'])[w], batch['tokens'][w]
+  mask_share = (inputs == SPECIALS.mask).mean()
+  keep_share = (inputs == tokens).mean()
+  assert abs(mask_share - 0.8) < 0.015 and abs(keep_share - 0.1) < 0.015, (mask_share, keep_share)
+  assert not np.isin(inputs[inputs != SPECIALS.mask], SPECIALS.reserved).any()
+  np.testing.assert_array_equal(np.asarray(out['inputs'])[~w], batch['tokens'][~w])
+  # The sparse slab holds every masked token.
+  assert np.asarray(out['mlm_weights']).sum() == w.sum()
+
+
+def test_unilm_token_types_and_source():
+  batch = packed_batch(1, batch=12)
+  out = jax.jit(lambda r, b: unilm.corrupt(r, b, specials=SPECIALS))(jax.random.key(2), batch)
+  modes, types = np.asarray(out['lm_mode']), np.asarray(out['token_types'])
+  source = np.asarray(out['source_flags']).astype(bool)
+  for b, m in enumerate(modes):
+    real = batch['segment_ids'][b] > 0
+    if m == unilm.SEQ2SEQ:
+      assert set(types[b][real & source[b]]) == {4} and set(types[b][real & ~source[b]]) == {5}
+      for s in np.unique(batch['segment_ids'][b][real]):
+        f = source[b][batch['segment_ids'][b] == s]
+        assert 1 <= f.sum() < len(f) and (np.diff(f.astype(int)) <= 0).all()  # a proper head
+    else:
+      assert not source[b].any()
+      assert set(types[b][real]) == {{0: 0, 2: 2, 3: 3}[m]}
+
+
+def encoder_dependencies(masks_N, seg, length=10, **encoder_kw):
+  """Dependency matrices of a tiny encoder's `encode` under each extra mask (one compile)."""
+  model = models.build('encoder', 'runlocal', vocab_size=64, num_layers=2, embed_dim=16,
+                       num_heads=2, mlp_dim=32, dropout_rate=0.0, **encoder_kw)
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, length), jnp.int32), segment_ids=seg,
+                                        positions=jnp.zeros((1, length), jnp.int32)))(
+                                            jax.random.key(0))['params']
+  x_LD = jax.random.normal(jax.random.key(1), (length, 16))
+
+  @jax.jit
+  def dep(mask):
+    def fn(x_LD):
+      hidden, _ = model.apply({'params': params}, x_LD[None], segment_ids=seg,
+                              attention_mask=mask, method=model.encode)
+      return hidden[0]
+    return jnp.abs(jax.jacrev(fn)(x_LD)).sum(axis=(1, 3)) > 0
+
+  return [np.asarray(dep(m)) for m in masks_N]
+
+
+def test_unilm_masks_through_gradients():
+  length = 10
+  seg = np.array([[1] * 6 + [2] * 3 + [0]], np.int32)
+  source = np.array([[1, 1, 0, 0, 0, 0, 1, 0, 0, 0]], np.int32)
+  idx = np.arange(length)
+  same = (seg[0][:, None] == seg[0][None, :]) & (seg[0][:, None] > 0)
+  expected = {
+      unilm.BIDIRECTIONAL: same,
+      unilm.LEFT_TO_RIGHT: same & (idx[None, :] <= idx[:, None]),
+      unilm.RIGHT_TO_LEFT: same & (idx[None, :] >= idx[:, None]),
+      unilm.SEQ2SEQ: same & ((idx[None, :] <= idx[:, None]) | (source[0][:, None] & source[0][None, :]).astype(bool)),
+  }
+  real = seg[0] > 0
+  mask_N = [jnp.broadcast_to(unilm.attention_mask(jnp.asarray([m]), jnp.asarray(source)),
+                             (1, 1, length, length)) for m in expected]
+  for (mode, expect), dep in zip(expected.items(), encoder_dependencies(mask_N, seg, length)):
+    np.testing.assert_array_equal(dep[real][:, real], expect[real][:, real], err_msg=unilm.MODE_NAMES[mode])
+  # A seq2seq source token never sees the target; a target token sees the whole source.
+  mask = np.asarray(mask_N[list(expected).index(unilm.SEQ2SEQ)])[0, 0]
+  assert not mask[0, 2] and mask[3, 1] and mask[3, 3] and not mask[3, 4]
+
+
+def test_unilm_loss_is_finite_and_checks_type_vocab():
+  model = models.build('encoder', 'runlocal', vocab_size=SPECIALS.vocab_size, num_layers=1,
+                       embed_dim=16, num_heads=2, mlp_dim=32, type_vocab_size=6)
+  batch = packed_batch(3, batch=12, length=32)
+  out = jax.jit(lambda r, b: unilm.corrupt(r, b, specials=SPECIALS))(jax.random.key(0), batch)
+  params = jax.jit(lambda r: model.init(r, out['inputs'], segment_ids=out['segment_ids'],
+                                        positions=out['positions']))(jax.random.key(1))['params']
+  value, metrics = jax.jit(lambda p, b: unilm.loss(p, b, None, model=model))(params, out)
+  assert np.isfinite(value) and abs(float(value) - np.log(SPECIALS.vocab_size)) < 1.0
+  for name in unilm.MODE_NAMES:
+    assert np.isfinite(metrics[f'loss_{name}'])
+  small = models.build('encoder', 'runlocal', vocab_size=SPECIALS.vocab_size, type_vocab_size=2)
+  with pytest.raises(ValueError, match='type_vocab_size'):
+    unilm.loss(params, out, None, model=small)
+
+
 # ----------------------------------------------------------------------------- runlocal runs
 
 
@@ -115,7 +242,7 @@ RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'tr
             'data.tokenizer.max_train_chars': 300_000, 'optim.warmup_steps': 5}
 
 
-@pytest.mark.parametrize('spec', ['experiments/prefix_lm.py:runlocal'])
+@pytest.mark.parametrize('spec', ['experiments/prefix_lm.py:runlocal', 'experiments/unilm.py:runlocal'])
 def test_runlocal_loss_decreases(spec, data_dir, tmp_path):
   from ptm_jax import metrics as metrics_lib
   from ptm_jax import train

@@ -21,6 +21,7 @@ _MODULES = {
     'electra': 'ptm_jax.objectives.electra',
     # Seq2seq and unified objectives (issue 5).
     'prefix_lm': 'ptm_jax.objectives.prefix_lm',
+    'unilm': 'ptm_jax.objectives.unilm',
 }
 
 
