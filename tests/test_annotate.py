@@ -156,7 +156,7 @@ def test_renumber_row():
 
 def test_unknown_annotation_is_an_error():
   with pytest.raises(ValueError, match='unknown data.annotations'):
-    annotate.Annotator(ToyTokenizer(), ('words', 'sentences'))
+    annotate.Annotator(ToyTokenizer(), ('words', 'paragraphs'))
 
 
 def test_loader_with_annotations_on_real_text(data_dir):

@@ -4,7 +4,8 @@ Whole-word masking, ERNIE knowledge masking and SpanBERT spans run on device and
 which tokens belong together. With `data.annotations` set (any of 'words', 'phrases',
 'entities'), the loader tokenizes each document word by word and adds, next to `tokens`,
 `word_ids` / `phrase_ids` / `entity_ids` `[B, L]`: tokens of one unit share an id, 0 elsewhere
-(padding, [CLS]/[SEP], tokens outside any phrase/entity). After packing, ids are renumbered
+(padding, [CLS]/[SEP], tokens outside any phrase/entity); 'sentences' adds `sentence_ids`
+(BART sentence permutation: one id per sentence as `sentences_of` splits it). After packing, ids are renumbered
 1..n along each row (grain's packer copies extra features verbatim, so two documents of a row
 would otherwise share ids), so ids are unique within a row and never exceed its length.
 
@@ -52,8 +53,9 @@ import numpy as np
 
 from ptm_jax.data import packing
 
-ANNOTATIONS = ('words', 'phrases', 'entities')
-KEYS = {'words': 'word_ids', 'phrases': 'phrase_ids', 'entities': 'entity_ids'}
+ANNOTATIONS = ('words', 'phrases', 'entities', 'sentences')
+KEYS = {'words': 'word_ids', 'phrases': 'phrase_ids', 'entities': 'entity_ids',
+        'sentences': 'sentence_ids'}
 ENTITY_TAGS = ('nr', 'ns', 'nt')
 MAX_PHRASE_WORDS = 4
 LEXICON_MIN_COUNT = 5
@@ -304,9 +306,9 @@ class Annotator:
     sentences, tagged = sentences_of(example)
     flat = [w for s in sentences for w in s]
     ids_per_word = self.tokenizer.encode_batch([w for w, *_ in flat]) if flat else []
-    tokens, word_of_token, edge = [], [], []
+    tokens, word_of_token, edge, sentence_of_token = [], [], [], []
     k = 0
-    for s in sentences:
+    for sentence_index, s in enumerate(sentences):
       for j in range(len(s)):
         ids = list(ids_per_word[k])
         if tagged and j > 0 and len(ids) > 1 and self._piece(ids[0])[0]:
@@ -319,6 +321,7 @@ class Annotator:
           inner = [first <= t <= last for t in range(len(ids))]
         tokens += ids
         word_of_token += [k] * len(ids)
+        sentence_of_token += [sentence_index] * len(ids)
         edge += [not x for x in inner]
         k += 1
     tokens_T = np.asarray(tokens, np.int32)
@@ -327,6 +330,8 @@ class Annotator:
     out = {'tokens': tokens_T}
     if 'words' in self.annotations:
       out['word_ids'] = (word_T + 1).astype(np.int32)
+    if 'sentences' in self.annotations:
+      out['sentence_ids'] = np.asarray(sentence_of_token, np.int32) + 1
     for name, fn in (('phrases', self._phrases), ('entities', self._entities)):
       if name in self.annotations:
         per_word, offset = [], 0

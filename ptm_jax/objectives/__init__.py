@@ -22,6 +22,9 @@ _MODULES = {
     # Seq2seq and unified objectives (issue 5).
     'prefix_lm': 'ptm_jax.objectives.prefix_lm',
     'unilm': 'ptm_jax.objectives.unilm',
+    'span_corruption': 'ptm_jax.objectives.span_corruption',
+    'bart': 'ptm_jax.objectives.bart',
+    'mass': 'ptm_jax.objectives.mass',
 }
 
 

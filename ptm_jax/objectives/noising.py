@@ -181,13 +181,21 @@ def positions_of(segment_ids_BL) -> jax.Array:
   return jnp.where(segment_ids_BL != 0, within_segment_cumsum(ones, segment_ids_BL, exclusive=True), 0)
 
 
-def reorder(values: dict, anchor_BL, rank_BL) -> dict:
-  """Permutes each row by the sort key (anchor, rank, index): tokens sharing an anchor trade places.
+def reorder(values: dict, movable_BL, group_BL, rank_BL) -> dict:
+  """Permutes the movable tokens of each row among the movable slots, group by group.
 
-  A position whose anchor is its own index (and rank 0) stays put as long as every block's anchor
-  is its first position, so blocks are shuffled internally and never move.
+  The movable tokens of a group (a segment) are laid out on that group's movable slots in order
+  of (rank, index); fixed tokens never move. Sentence permutation ranks tokens by a random key of
+  their sentence, rotation by (index - offset) mod count.
   """
-  length = anchor_BL.shape[1]
-  idx_L = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), anchor_BL.shape)
-  order_BL = jax.vmap(lambda a, r, i: jnp.lexsort((i, r, a)))(anchor_BL, rank_BL, idx_L)
-  return {k: jnp.take_along_axis(v, order_BL, axis=1) for k, v in values.items()}
+  length = movable_BL.shape[1]
+  idx_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), movable_BL.shape)
+  big = jnp.int32(length + 1)
+  group_key = jnp.where(movable_BL, group_BL, big)
+  source_BL = jax.vmap(lambda g, r, i: jnp.lexsort((i, r, g)))(group_key, rank_BL, idx_BL)
+  slot_BL = jnp.argsort(jnp.where(movable_BL, idx_BL, idx_BL + length), axis=1)
+  num_B = jnp.sum(movable_BL, axis=1)
+  # The k-th movable slot receives the k-th movable token in sorted order; the rest stay.
+  slot_BL = jnp.where(idx_BL < num_B[:, None], slot_BL, length)
+  src_BL = jax.vmap(lambda s, src, i: i.at[s].set(src, mode='drop'))(slot_BL, source_BL, idx_BL)
+  return {k: jnp.take_along_axis(v, src_BL, axis=1) for k, v in values.items()}
