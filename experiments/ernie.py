@@ -22,9 +22,18 @@ the three levels per row (level_probs 1/3 each), a one-run approximation:
 
   python -m ptm_jax.main --config experiments/ernie.py:runlocal --workdir runs/ernie
 
-`arg` is `<size>[:zh][:stage1|stage2|stage3]`, size = runlocal or a BERT size.
+With `:ner` (Chinese only) the run goes on to the paper's NER transfer: `pd_ner_zh` (People's
+Daily person/place/organisation tagging, entity-level F1; its test lines are held out of
+`people_daily_zh`) fine-tuned from the pretrained encoder and from random init:
+
+  python -m ptm_jax.main --config experiments/ernie.py:runlocal:zh:ner --workdir runs/ernie_ner
+
+`arg` is `<size>[:zh][:stage1|stage2|stage3][:ner]`, size = runlocal or a BERT size.
 """
+import ml_collections
+
 from ptm_jax.configs import base
+from ptm_jax.tasks import finetune
 
 STAGE_ENDS = (0.2, 0.5)
 _STAGES = {"stage1": (1.0, 0.0, 0.0), "stage2": (0.0, 1.0, 0.0), "stage3": (0.0, 0.0, 1.0)}
@@ -32,10 +41,12 @@ _STAGES = {"stage1": (1.0, 0.0, 0.0), "stage2": (0.0, 1.0, 0.0), "stage3": (0.0,
 
 def get_config(arg: str = "runlocal"):
   variant, *flags = (arg or "runlocal").split(":")
-  unknown = [f for f in flags if f not in ("zh", "en", *_STAGES)]
+  unknown = [f for f in flags if f not in ("zh", "en", "ner", *_STAGES)]
   if unknown:
-    raise ValueError(f"unknown ernie.py option(s) {unknown}: use <size>[:zh][:stage1|2|3]")
+    raise ValueError(f"unknown ernie.py option(s) {unknown}: use <size>[:zh][:stage1|2|3][:ner]")
   zh = "zh" in flags
+  if "ner" in flags and not zh:
+    raise ValueError("ernie.py ':ner' fine-tunes on the Chinese pd_ner_zh task: add ':zh'")
   config = base.base_config("encoder", variant, "ernie")
   config.data.source = "people_daily_zh" if zh else "news_en"
   config.data.annotations = ("words", "phrases", "entities")
@@ -47,5 +58,11 @@ def get_config(arg: str = "runlocal"):
     index = int(stage[-1]) - 1
     if index < 2:
       config.train.stop_at = int(STAGE_ENDS[index] * config.train.steps)
+  if "ner" in flags:
+    small = variant == "runlocal"
+    config.downstream = ml_collections.ConfigDict({**finetune.DEFAULTS, **dict(
+        tasks=("pd_ner_zh",), seeds=(0,) if small else (0, 1, 2), steps=300 if small else 3000,
+        batch_size=32, learning_rate=3e-4 if small else 5e-5, warmup_steps=30 if small else 300,
+        eval_every=100 if small else 500, seq_len=128, head_dropout_rate=0.1)})
   config.report.title = f"ERNIE-{variant} knowledge masking {stage or 'mixed'} on {config.data.source}"
   return config

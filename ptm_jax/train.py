@@ -197,9 +197,13 @@ def _mean_metrics(records: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return out
 
 
-def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: str
-             ) -> dict[str, float]:
-  """One pass over `split` (at most `train.eval_batches` batches; 0 = all); target-weighted means."""
+def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: str,
+             derive_metrics=None) -> dict[str, float]:
+  """One pass over `split` (at most `train.eval_batches` batches; 0 = all); target-weighted means.
+
+  `derive_metrics(totals)` (an objective's, e.g. entity F1 from summed counts) adds split-level
+  metrics that are not means of per-batch values.
+  """
   it = data_loader.make_iterator(
       config.data, tokenizer, split=split,
       global_batch_size=config.train.eval_batch_size or config.train.batch_size,
@@ -218,7 +222,10 @@ def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: s
   if not totals:
     raise ValueError(f"evaluation split {split!r} of {config.data.source!r} "
                      "yielded no batch; lower --config.train.eval_batch_size")
-  return {k: (v if k.startswith("num_") else v / max(weight_sum, 1.0)) for k, v in totals.items()}
+  out = {k: (v if k.startswith("num_") else v / max(weight_sum, 1.0)) for k, v in totals.items()}
+  if derive_metrics is not None:
+    out.update(derive_metrics(out))
+  return out
 
 
 def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
@@ -337,7 +344,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         ev_logged = {}
         for prefix, split in (("eval", tc.eval_split), ("test", tc.test_split)):
           if split:
-            ev = evaluate(eval_step, state.params, config, tokenizer, batch_sharding, eval_rng, split)
+            ev = evaluate(eval_step, state.params, config, tokenizer, batch_sharding, eval_rng, split,
+                          getattr(objective, "derive_metrics", None))
             ev_logged.update({f"{prefix}/{k}": v for k, v in ev.items()})
         eval_history.append({"step": step, **ev_logged})
         writer.write(step, ev_logged)

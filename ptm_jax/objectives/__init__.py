@@ -12,6 +12,7 @@ _MODULES = {
     'mlm': 'ptm_jax.objectives.mlm',
     'clm': 'ptm_jax.objectives.clm',
     'classify': 'ptm_jax.objectives.classify',
+    'tag': 'ptm_jax.objectives.tag',
     # The encoder objective zoo (issue 4); each module is one paper's recipe.
     'mlm_nsp': 'ptm_jax.objectives.mlm_nsp',
     'mlm_sop': 'ptm_jax.objectives.mlm_sop',

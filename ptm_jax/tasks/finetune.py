@@ -1,8 +1,9 @@
 """Downstream fine-tuning: every task x seed x init (pretrained / random) through `train.train`.
 
-Each run is the main config with the `classify` objective over the task's source, the pretraining
-tokenizer, and `config.downstream`'s budget; the reported test accuracy is the one measured at the
-evaluation with the best dev accuracy (model selection on dev only).
+Each run is the main config with the `classify` objective (the `tag` objective for tagging tasks)
+over the task's source, the pretraining tokenizer, and `config.downstream`'s budget; the reported test
+score (accuracy; entity F1 for tagging) is the one measured at the evaluation with the best dev score
+(model selection on dev only).
 """
 from __future__ import annotations
 
@@ -62,20 +63,20 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
   if init not in INITS:
     raise ValueError(f'unknown init {init!r}; known: {", ".join(INITS)}')
   info = downstream.task_info(task)
-  if info.kind != 'classification':
-    raise ValueError(f'downstream task {task!r} is a {info.kind} task; fine-tuning supports the '
-                     'classification tasks: '
-                     + ', '.join(n for n, t in downstream.TASKS.items() if t.kind == 'classification'))
   ft = config.copy_and_resolve_references()
   field = lambda name: downstream_field(config, name)  # noqa: E731
   steps = int(field('steps'))
   with ft.unlocked():
     ft.seed = int(seed)
     ft.init_from = pretrained_dir if init == 'pretrained' else ''
-    ft.objective = base.objective_config(
-        'classify', num_classes=info.num_classes, pooling=field('pooling'),
-        dropout_rate=field('head_dropout_rate'),
-        backbone='decoder' if config.model.family == 'decoder' else 'encoder')
+    if info.kind == 'tagging':
+      ft.objective = base.objective_config('tag', num_tags=info.num_classes,
+                                           dropout_rate=field('head_dropout_rate'))
+    else:
+      ft.objective = base.objective_config(
+          'classify', num_classes=info.num_classes, pooling=field('pooling'),
+          dropout_rate=field('head_dropout_rate'),
+          backbone='decoder' if config.model.family == 'decoder' else 'encoder')
     ft.data.source = task
     # A fixed subset of the labelled train split (0 = all): the low-resource regime.
     ft.data.max_train_examples = int(field('train_examples'))
@@ -95,6 +96,7 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.train.eval_split = 'validation'
     ft.train.test_split = 'test'
     ft.train.early_stop_patience = int(field('early_stop_patience'))
+    ft.train.early_stop_metric = f'eval/{selection_metric(task)}'
     ft.train.log_every = max(1, min(int(ft.train.log_every), ft.train.eval_every))
     ft.train.checkpoint_every = steps  # only the final state: fine-tunes are short
     ft.train.keep_checkpoints = 1
@@ -112,12 +114,19 @@ def _eval_history(result: train_lib.TrainResult, workdir: str) -> list[dict[str,
   return [r for r in metrics_lib.read_jsonl(path) if 'eval/accuracy' in r]
 
 
-def select_best(history: list[dict[str, float]]) -> dict[str, float]:
-  """The evaluation with the highest dev accuracy (the earliest on ties)."""
-  scored = [h for h in history if math.isfinite(float(h.get('eval/accuracy', float('nan'))))]
+def selection_metric(task: str) -> str:
+  """The dev metric a task's runs are selected (and reported) on: entity F1 for tagging tasks."""
+  return 'f1' if downstream.task_info(task).kind == 'tagging' else 'accuracy'
+
+
+def select_best(history: list[dict[str, float]], metric: str = 'accuracy') -> dict[str, float]:
+  """The evaluation with the highest dev `metric` (the earliest on ties)."""
+  key = f'eval/{metric}'
+  scored = [h for h in history if math.isfinite(float(h.get(key, float('nan'))))]
   if not scored:
-    return {'step': 0, 'eval/accuracy': float('nan'), 'test/accuracy': float('nan')}
-  return max(scored, key=lambda h: (float(h['eval/accuracy']), -int(h['step'])))
+    return {'step': 0, key: float('nan'), f'test/{metric}': float('nan'),
+            'eval/accuracy': float('nan'), 'test/accuracy': float('nan')}
+  return max(scored, key=lambda h: (float(h[key]), -int(h['step'])))
 
 
 def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_dir: str,
@@ -126,14 +135,18 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
   run_dir = os.path.join(workdir, task, init, f'seed{seed}')
   ft = finetune_config(config, task, init, seed, pretrained_dir, tokenizer_cfg)
   result = train_lib.train(ft, run_dir)
-  best = select_best(_eval_history(result, run_dir))
+  metric = selection_metric(task)
+  best = select_best(_eval_history(result, run_dir), metric)
+  nan = float('nan')
   row = {'task': task, 'init': init, 'seed': int(seed), 'best_step': int(best['step']),
-         'dev_accuracy': float(best['eval/accuracy']),
-         'test_accuracy': float(best.get('test/accuracy', float('nan'))),
+         'metric': metric, 'dev_score': float(best.get(f'eval/{metric}', nan)),
+         'test_score': float(best.get(f'test/{metric}', nan)),
+         'dev_accuracy': float(best.get('eval/accuracy', nan)),
+         'test_accuracy': float(best.get('test/accuracy', nan)),
          'steps': int(result.step), 'wall_time_s': float(result.wall_time_s), 'workdir': run_dir,
          'preempted': bool(result.preempted)}
-  logging.info('fine-tune %s/%s/seed%d: best dev %.4f at step %d, test %.4f', task, init, seed,
-               row['dev_accuracy'], row['best_step'], row['test_accuracy'])
+  logging.info('fine-tune %s/%s/seed%d: best dev %s %.4f at step %d, test %.4f', task, init, seed,
+               metric, row['dev_score'], row['best_step'], row['test_score'])
   return row
 
 
@@ -149,23 +162,26 @@ def _mean_std(values: list[float]) -> str:
 def summarize(rows: list[dict[str, Any]]) -> str:
   """Markdown table: per task and init, dev/test accuracy mean ± std over seeds, steps, wall time."""
   lines = ['## Downstream fine-tuning', '',
-           'Test accuracy at the best-dev evaluation; mean ± sample std over seeds.', '',
-           '| task | init | seeds | dev acc | test acc | steps (best) | wall time / run |',
-           '|---|---|---|---|---|---|---|']
+           'Test score at the best-dev evaluation (accuracy; entity-level F1 for tagging tasks); '
+           'mean ± sample std over seeds.', '',
+           '| task | init | seeds | metric | dev | test | steps (best) | wall time / run |',
+           '|---|---|---|---|---|---|---|---|']
   groups: dict[tuple[str, str], list[dict]] = {}
   for r in rows:
     groups.setdefault((r['task'], r['init']), []).append(r)
   for (task, init), rs in groups.items():
     steps = int(np.mean([r['steps'] for r in rs]))
     best = int(np.mean([r['best_step'] for r in rs]))
-    lines.append(f'| {task} | {init} | {len(rs)} | {_mean_std([r["dev_accuracy"] for r in rs])} | '
-                 f'{_mean_std([r["test_accuracy"] for r in rs])} | {steps} ({best}) | '
+    metric = rs[0].get('metric', 'accuracy')
+    dev = _mean_std([r.get('dev_score', r['dev_accuracy']) for r in rs])
+    test = _mean_std([r.get('test_score', r['test_accuracy']) for r in rs])
+    lines.append(f'| {task} | {init} | {len(rs)} | {metric} | {dev} | {test} | {steps} ({best}) | '
                  f'{np.mean([r["wall_time_s"] for r in rs]):.0f}s |')
   return '\n'.join(lines)
 
 
 def plot_dev_curves(rows: list[dict[str, Any]], out_png: str) -> str:
-  """Dev accuracy against step, one panel per task, one line per (init, seed)."""
+  """Dev score (accuracy / entity F1) against step, one panel per task, one line per (init, seed)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   tasks = list(dict.fromkeys(r['task'] for r in rows))
@@ -176,14 +192,15 @@ def plot_dev_curves(rows: list[dict[str, Any]], out_png: str) -> str:
     ax = fig.add_subplot(1, len(tasks), i + 1)
     for r in (r for r in rows if r['task'] == task):
       path = os.path.join(r['workdir'], metrics_lib.JSONL_NAME)
-      points = sorted((h['step'], h['eval/accuracy']) for h in metrics_lib.read_jsonl(path)
-                      if 'eval/accuracy' in h) if os.path.exists(path) else []
+      key = f'eval/{r.get("metric", "accuracy")}'
+      points = sorted((h['step'], h[key]) for h in metrics_lib.read_jsonl(path)
+                      if key in h) if os.path.exists(path) else []
       if points:
         ax.plot(*zip(*points), marker='o', markersize=3, color=colors.get(r['init']),
                 label=f'{r["init"]} seed {r["seed"]}', alpha=0.85)
-    ax.set_title(f'{task}: dev accuracy')
+    ax.set_title(f'{task}: dev {selection_metric(task)}')
     ax.set_xlabel('fine-tuning step')
-    ax.set_ylabel('accuracy')
+    ax.set_ylabel(selection_metric(task))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize='small')
   fig.tight_layout()
@@ -215,5 +232,5 @@ def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
     markdown += '\n\n(preempted: the table is incomplete; rerun the same command to resume)'
   if jax.process_index() == 0 and rows:
     plot = plot_dev_curves(rows, os.path.join(workdir, 'finetune.png'))
-    markdown += f'\n\n![fine-tuning dev accuracy]({os.path.basename(plot)})'
+    markdown += f'\n\n![fine-tuning dev score]({os.path.basename(plot)})'
   return {'markdown': markdown, 'rows': rows}
