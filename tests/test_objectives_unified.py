@@ -11,7 +11,7 @@ from scipy import stats
 
 from ptm_jax import configs, models, objectives
 from ptm_jax.data.vocab import SpecialIds
-from ptm_jax.objectives import noising, prefix_lm, unilm
+from ptm_jax.objectives import glm, noising, prefix_lm, unilm
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -233,6 +233,101 @@ def test_unilm_loss_is_finite_and_checks_type_vocab():
     unilm.loss(params, out, None, model=small)
 
 
+# ----------------------------------------------------------------------------- GLM
+
+
+def test_glm_figure_2_example():
+  # x1..x6 = 11..16; spans [x3] and [x5 x6]; Part B holds [x5 x6] first, as in the paper.
+  tokens = jnp.asarray([[11, 12, 13, 14, 15, 16]])
+  out = glm.arrange(tokens, jnp.ones_like(tokens), jnp.asarray([[0, 0, 1, 0, 1, 1]], bool),
+                    jnp.asarray([[0, 0, 0, 0, 1, 1]]), jnp.asarray([[2, 4]]),
+                    jnp.asarray([[0.9, 0.1]]), start_id=5, end_id=3, mask_id=4, pad_id=0)
+  m, s, e = 4, 5, 3
+  np.testing.assert_array_equal(out['inputs'], [[11, 12, m, 14, m, s, 15, 16, s, 13]])
+  np.testing.assert_array_equal(out['targets'], [[0, 0, 0, 0, 0, 15, 16, e, 13, e]])
+  # The paper's rows are 1-based: position 1 = 1 2 3 4 5 5 5 5 3 3, position 2 = 0 0 0 0 0 1 2 3 1 2.
+  np.testing.assert_array_equal(out['positions'], [[0, 1, 2, 3, 4, 4, 4, 4, 2, 2]])
+  np.testing.assert_array_equal(out['block_positions'], [[0, 0, 0, 0, 0, 1, 2, 3, 1, 2]])
+  np.testing.assert_array_equal(out['part_b'], [[0, 0, 0, 0, 0, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(out['weights'], out['part_b'])
+  np.testing.assert_array_equal(out['segment_ids'], np.ones((1, 10)))
+
+
+def test_glm_spans_are_poisson_and_cover_15_percent():
+  batch = long_rows(0, 128, 512)
+  opts = glm.Options(sparse_logits=False)
+  out = jax.jit(lambda r, b: glm.corrupt(r, b, specials=SPECIALS, options=opts))(jax.random.key(0), batch)
+  masked = np.asarray(out['masked'])
+  rate = masked.sum() / (128 * 510)
+  assert abs(rate - 0.15) < 0.01, rate
+  lengths = []
+  for row in masked:
+    padded = np.concatenate([[0], row.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    lengths += [n for a, n in zip(edges[::2], edges[1::2] - edges[::2]) if a > 1 and a + n < 511]
+  assert len(lengths) >= 2500
+  hist = np.bincount(lengths, minlength=10)
+  pmf = stats.poisson.pmf(np.arange(1, 9), 3.0) / (1 - np.exp(-3.0))
+  observed = np.concatenate([hist[1:9], [hist[9:].sum()]])
+  expected = np.concatenate([pmf, [1 - pmf.sum()]]) * len(lengths)
+  assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected.round())
+
+
+def test_glm_parts_hold_every_token_once_per_document():
+  batch = packed_batch(4, batch=16, length=64)
+  out = jax.jit(lambda r, b: glm.corrupt(r, b, specials=SPECIALS))(jax.random.key(1), batch)
+  inputs, targets = np.asarray(out['inputs']), np.asarray(out['targets'])
+  segs, part_b = np.asarray(out['glm_segment_ids']), np.asarray(out['glm_part_b']).astype(bool)
+  pos1, pos2 = np.asarray(out['glm_positions']), np.asarray(out['glm_block_positions'])
+  start, m = SPECIALS.extra[0], SPECIALS.mask
+  for b in range(16):
+    a_len = (~part_b[b] & (segs[b] > 0)).sum()
+    assert not part_b[b][:a_len].any() and part_b[b][a_len:a_len + part_b[b].sum()].all()
+    for s in np.unique(batch['segment_ids'][b][batch['segment_ids'][b] > 0]):
+      orig = batch['tokens'][b][batch['segment_ids'][b] == s]
+      a = inputs[b][(segs[b] == s) & ~part_b[b]]
+      bi = inputs[b][(segs[b] == s) & part_b[b]]
+      bt = targets[b][(segs[b] == s) & part_b[b]]
+      assert sorted(list(a[a != m]) + list(bi[bi != start])) == sorted(orig)
+      assert (bi == start).sum() == (a == m).sum() == (bt == SPECIALS.eos).sum()
+      np.testing.assert_array_equal(pos1[b][(segs[b] == s) & ~part_b[b]], np.arange(len(a)))
+      assert (pos2[b][(segs[b] == s) & ~part_b[b]] == 0).all()
+      # Inside Part B every span reads [START] s_1 .. s_k at positions 1..k+1 and predicts s_1 .. [END].
+      bp2 = pos2[b][(segs[b] == s) & part_b[b]]
+      np.testing.assert_array_equal(bp2[bi == start], 1)
+      np.testing.assert_array_equal(bt[:-1][bi[1:] != start], bi[1:][bi[1:] != start])
+      # A blank's tokens take the Part A position of its [MASK].
+      mask_pos = set(pos1[b][(segs[b] == s) & ~part_b[b]][a == m])
+      assert set(pos1[b][(segs[b] == s) & part_b[b]]) == mask_pos
+
+
+def test_glm_mask_through_gradients():
+  part_b = np.array([[0, 0, 0, 0, 0, 1, 1, 1, 1, 1]], np.int32)
+  seg = np.array([[1, 1, 1, 2, 2, 1, 1, 2, 1, 1]], np.int32)  # two documents' A and B parts
+  (dep,) = encoder_dependencies([glm.attention_mask(part_b)], seg, 10)
+  is_b = part_b[0].astype(bool)
+  idx = np.arange(10)
+  same = seg[0][:, None] == seg[0][None, :]
+  expect = same & (~is_b[None, :] | (is_b[:, None] & is_b[None, :] & (idx[None, :] <= idx[:, None])))
+  np.testing.assert_array_equal(dep, expect)
+  assert not dep[0, 5] and dep[5, 0] and dep[6, 5] and not dep[5, 6]
+
+
+def test_glm_loss_needs_2d_positions():
+  batch = packed_batch(5, batch=8, length=32)
+  out = jax.jit(lambda r, b: glm.corrupt(r, b, specials=SPECIALS))(jax.random.key(0), batch)
+  kw = dict(vocab_size=SPECIALS.vocab_size, num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32)
+  model = models.build('encoder', 'runlocal', block_position_embeddings=True, **kw)
+  params = jax.jit(lambda r: model.init(r, out['inputs'], segment_ids=out['glm_segment_ids'],
+                                        positions=out['glm_positions']))(jax.random.key(1))['params']
+  assert 'block_position_embed' in params
+  value, metrics = jax.jit(lambda p, b: glm.loss(p, b, None, model=model))(params, out)
+  assert abs(float(value) - np.log(SPECIALS.vocab_size)) < 1.0
+  assert metrics['num_targets'] == np.asarray(out['weights']).sum()
+  with pytest.raises(ValueError, match='block_position_embeddings'):
+    glm.loss(params, out, None, model=models.build('encoder', 'runlocal', **kw))
+
+
 # ----------------------------------------------------------------------------- runlocal runs
 
 
@@ -242,7 +337,8 @@ RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'tr
             'data.tokenizer.max_train_chars': 300_000, 'optim.warmup_steps': 5}
 
 
-@pytest.mark.parametrize('spec', ['experiments/prefix_lm.py:runlocal', 'experiments/unilm.py:runlocal'])
+@pytest.mark.parametrize('spec', ['experiments/prefix_lm.py:runlocal', 'experiments/unilm.py:runlocal',
+                                  'experiments/glm.py:runlocal'])
 def test_runlocal_loss_decreases(spec, data_dir, tmp_path):
   from ptm_jax import metrics as metrics_lib
   from ptm_jax import train

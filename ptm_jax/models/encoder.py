@@ -29,6 +29,7 @@ class Config:
   max_position_embeddings: int = 512
   type_vocab_size: int = 2  # 0 = no token-type embeddings (RoBERTa)
   position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
+  block_position_embeddings: bool = False  # GLM: a second learned table (position inside a span)
   layer_norm_eps: float = 1e-12
   activation: str = 'gelu'  # exact erf GELU, as BERT
   dropout_rate: float = 0.1
@@ -107,6 +108,10 @@ class Model(nn.Module):
                                          init_stddev=cfg.initializer_range,
                                          axes=(None, 'embed'), **dt)
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
+    if cfg.block_position_embeddings:  # GLM's 2-D positions: the index inside a blank
+      self.block_position_embed = positions.LearnedPositions(
+          cfg.max_position_embeddings, self.position_embed.features,
+          init_stddev=cfg.initializer_range, **dt)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
     block = blocks.block_class(cfg.remat)
     self.layers = [
@@ -122,9 +127,14 @@ class Model(nn.Module):
     self.nsp_head = mlp.dense(2, ('embed', None), **dense)
 
   def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
-            token_types: jnp.ndarray | None = None, deterministic: bool = True) -> jnp.ndarray:
+            token_types: jnp.ndarray | None = None, deterministic: bool = True,
+            block_positions: jnp.ndarray | None = None) -> jnp.ndarray:
     """Embedding output `[B, L, D]` (sum, LayerNorm, dropout); ELECTRA shares this part."""
     x_BLD = self.token_embed(tokens) + self.position_embed(positions)
+    if self.config.block_position_embeddings:
+      # Outside GLM's blanks (and at init) the second position is 0.
+      block = jnp.zeros_like(tokens) if block_positions is None else block_positions
+      x_BLD = x_BLD + self.block_position_embed(block)
     if self.config.type_vocab_size:
       if token_types is None:
         token_types = jnp.zeros_like(tokens)
@@ -156,14 +166,15 @@ class Model(nn.Module):
                token_types: jnp.ndarray | None = None,
                attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
                output_hidden_states: bool = False,
-               logits_positions: jnp.ndarray | None = None) -> dict[str, Any]:
+               logits_positions: jnp.ndarray | None = None,
+               block_positions: jnp.ndarray | None = None) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits, pooled, nsp_logits).
 
     With `logits_positions` `[B, K]`, MLM logits are computed only there (`[B, K, V]`): the vocab
     projection dominates a small encoder's cost and MLM scores ~15 % of positions.
     """
     x_BLD = self.embed(tokens, positions=positions, token_types=token_types,
-                       deterministic=deterministic)
+                       deterministic=deterministic, block_positions=block_positions)
     hidden_BLD, states = self.encode(x_BLD, segment_ids=segment_ids,
                                      attention_mask=attention_mask, deterministic=deterministic,
                                      output_hidden_states=output_hidden_states)

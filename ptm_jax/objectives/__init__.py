@@ -26,6 +26,7 @@ _MODULES = {
     'span_corruption': 'ptm_jax.objectives.span_corruption',
     'bart': 'ptm_jax.objectives.bart',
     'mass': 'ptm_jax.objectives.mass',
+    'glm': 'ptm_jax.objectives.glm',
 }
 
 
