@@ -1,4 +1,16 @@
-"""Multi-head / grouped-query self-attention over `jax.nn.dot_product_attention`."""
+"""Multi-head / grouped-query attention over `jax.nn.dot_product_attention`: self-attention,
+cross-attention (keys/values from an encoder output), an additive bias (T5 relative positions) and
+a KV cache for step-by-step decoding.
+
+KV cache (flax 'cache' collection, the T5X / flax-examples pattern): with `use_cache=True` the
+first call, made with a full-length dummy input when the collection is still empty (see
+`ptm_jax.decoding.init_cache`), only creates zeroed `cached_key`/`cached_value` `[B, S, K, H]`
+buffers; later calls write their keys/values at `cache_index` (given by the model, which keeps
+one index for all layers in `DecodeCache`) and attend over all S cached slots, the model's mask
+hiding the slots not yet written. Cross-attention caches the projected encoder keys/values the
+first time and never recomputes them. Keys are cached after rotary, so decoding needs no
+re-rotation.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +24,9 @@ from ptm_jax.layers import positions as positions_lib
 
 def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
                                   v_BSKH: jnp.ndarray, mask: jnp.ndarray | None, *,
-                                  dropout_rate: float, dropout_rng: jax.Array) -> jnp.ndarray:
+                                  dropout_rate: float, dropout_rng: jax.Array,
+                                  bias: jnp.ndarray | None = None,
+                                  scale: float | None = None) -> jnp.ndarray:
   """Explicit einsum attention with dropout on the probabilities (what BERT/GPT-2 train with).
 
   `jax.nn.dot_product_attention` has no probability dropout, so this path only runs when
@@ -22,9 +36,11 @@ def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
   # Query head n reads kv head n // (N / K): the HF repeat_kv layout, same as the fused op.
   k_BSNH = jnp.repeat(k_BSKH, n // k, axis=2)
   v_BSNH = jnp.repeat(v_BSKH, n // k, axis=2)
-  scale = q_BTNH.shape[-1] ** -0.5
+  scale = q_BTNH.shape[-1] ** -0.5 if scale is None else scale
   logits_BNTS = jnp.einsum('btnh,bsnh->bnts', q_BTNH, k_BSNH,
                            preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits_BNTS = logits_BNTS + jnp.broadcast_to(bias, logits_BNTS.shape).astype(jnp.float32)
   if mask is not None:
     logits_BNTS = jnp.where(mask, logits_BNTS, jnp.finfo(jnp.float32).min)
   probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
@@ -33,8 +49,31 @@ def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
   return jnp.einsum('bnts,bsnh->btnh', probs_BNTS.astype(v_BSNH.dtype), v_BSNH)
 
 
+class DecodeCache(nn.Module):
+  """Model-level decoding state: the next cache slot and each cached slot's segment id / position.
+
+  Returns None on the sizing call (empty collection); afterwards `(start, segment_ids_BS,
+  positions_BS)` with the current chunk already written at `[start, start + L)`.
+  """
+
+  @nn.compact
+  def __call__(self, segment_ids_BL: jnp.ndarray, positions_BL: jnp.ndarray):
+    ready = self.has_variable('cache', 'index')
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    seg = self.variable('cache', 'segment_ids', jnp.zeros, segment_ids_BL.shape, jnp.int32)
+    pos = self.variable('cache', 'positions', jnp.zeros, positions_BL.shape, jnp.int32)
+    if not ready:
+      return None
+    start = index.value
+    seg.value = jax.lax.dynamic_update_slice(seg.value, segment_ids_BL.astype(jnp.int32),
+                                             (0, start))
+    pos.value = jax.lax.dynamic_update_slice(pos.value, positions_BL.astype(jnp.int32), (0, start))
+    index.value = start + segment_ids_BL.shape[1]
+    return start, seg.value, pos.value
+
+
 class Attention(nn.Module):
-  """Self-attention with q/k/v/out `DenseGeneral` projections and optional RoPE and GQA."""
+  """Self- or cross-attention with q/k/v/out `DenseGeneral` projections, RoPE, GQA and a KV cache."""
 
   num_heads: int
   head_dim: int
@@ -45,39 +84,76 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # None = init_stddev; GPT-2 shrinks residual outputs
+  query_init_stddev: float | None = None  # None = init_stddev; T5 folds 1/sqrt(head_dim) in here
+  scale: float | None = None  # logit scale; None = 1/sqrt(head_dim), T5 uses 1.0
   implementation: str | None = None  # passed to jax.nn.dot_product_attention ('xla', 'cudnn')
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None = None, *,
                rotary: tuple[jnp.ndarray, jnp.ndarray] | None = None,
-               deterministic: bool = True) -> jnp.ndarray:
-    """x `[B, L, D]`, bool mask broadcastable to `[B, N, L, L]`, rotary (cos, sin) `[B, L, H]`."""
+               deterministic: bool = True, bias: jnp.ndarray | None = None,
+               kv_BSD: jnp.ndarray | None = None, use_cache: bool = False,
+               cache_index: jnp.ndarray | None = None) -> jnp.ndarray:
+    """x `[B, L, D]`, bool mask broadcastable to `[B, N, L, S]`, rotary (cos, sin) `[B, L, H]`.
+
+    `bias` (float, broadcastable to `[B, N, L, S]`) is added to the logits; `kv_BSD` makes this
+    cross-attention (keys and values from `[B, S, D]`, e.g. the encoder output). With
+    `use_cache`, self-attention keys/values go to the cache at `cache_index` (see module doc).
+    """
     num_kv = self.num_kv_heads or self.num_heads
     if self.num_heads % num_kv:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={num_kv}')
+    if kv_BSD is not None and rotary is not None:
+      raise ValueError('rotary positions apply to self-attention only; pass rotary=None with kv_BSD')
 
-    def proj(heads: int, name: str) -> nn.DenseGeneral:
+    def proj(heads: int, name: str, std: float | None = None) -> nn.DenseGeneral:
       return nn.DenseGeneral(
           (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
           param_dtype=self.param_dtype, name=name,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.normal(self.init_stddev), ('embed', 'heads', 'kv')),
+              nn.initializers.normal(std or self.init_stddev), ('embed', 'heads', 'kv')),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
 
     axes = ('batch', 'length', 'heads', 'kv')
-    q_BLNH = nn.with_logical_constraint(proj(self.num_heads, 'query')(x_BLD), axes)
-    k_BLKH = nn.with_logical_constraint(proj(num_kv, 'key')(x_BLD), axes)
-    v_BLKH = nn.with_logical_constraint(proj(num_kv, 'value')(x_BLD), axes)
-    if rotary is not None:
-      q_BLNH = positions_lib.apply_rotary(q_BLNH, *rotary)
-      k_BLKH = positions_lib.apply_rotary(k_BLKH, *rotary)
+    q_BLNH = nn.with_logical_constraint(
+        proj(self.num_heads, 'query', self.query_init_stddev)(x_BLD), axes)
+    key, value = proj(num_kv, 'key'), proj(num_kv, 'value')
+    if kv_BSD is not None:
+      if use_cache:
+        # Encoder keys/values are fixed during decoding: projected once, on the sizing call.
+        ck = self.variable('cache', 'cross_key', lambda: key(kv_BSD))
+        cv = self.variable('cache', 'cross_value', lambda: value(kv_BSD))
+        k_BSKH, v_BSKH = ck.value, cv.value
+      else:
+        k_BSKH, v_BSKH = key(kv_BSD), value(kv_BSD)
+    else:
+      k_BSKH, v_BSKH = key(x_BLD), value(x_BLD)
+      if rotary is not None:
+        q_BLNH = positions_lib.apply_rotary(q_BLNH, *rotary)
+        k_BSKH = positions_lib.apply_rotary(k_BSKH, *rotary)
+      if use_cache:
+        ready = self.has_variable('cache', 'cached_key')
+        ck = self.variable('cache', 'cached_key', jnp.zeros, k_BSKH.shape, k_BSKH.dtype)
+        cv = self.variable('cache', 'cached_value', jnp.zeros, v_BSKH.shape, v_BSKH.dtype)
+        if ready:
+          if cache_index is None:
+            raise ValueError('use_cache=True needs the cache_index of the model\'s DecodeCache')
+          start = (0, cache_index, 0, 0)
+          ck.value = jax.lax.dynamic_update_slice(ck.value, k_BSKH.astype(ck.value.dtype), start)
+          cv.value = jax.lax.dynamic_update_slice(cv.value, v_BSKH.astype(cv.value.dtype), start)
+          k_BSKH, v_BSKH = ck.value, cv.value
+    k_BSKH = nn.with_logical_constraint(k_BSKH, axes)
+    v_BSKH = nn.with_logical_constraint(v_BSKH, axes)
 
     if self.attention_dropout_rate > 0.0 and not deterministic:
       out_BLNH = einsum_attention_with_dropout(
-          q_BLNH, k_BLKH, v_BLKH, mask, dropout_rate=self.attention_dropout_rate,
-          dropout_rng=self.make_rng('dropout'))
+          q_BLNH, k_BSKH, v_BSKH, mask, dropout_rate=self.attention_dropout_rate,
+          dropout_rng=self.make_rng('dropout'), bias=bias, scale=self.scale)
     else:
-      out_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLKH, v_BLKH, mask=mask,
+      if bias is not None and self.implementation == 'cudnn':
+        bias = bias.astype(q_BLNH.dtype)  # cuDNN wants the bias in the compute dtype
+      out_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BSKH, v_BSKH, bias=bias, mask=mask,
+                                              scale=self.scale,
                                               implementation=self.implementation)
     if mask is not None:
       # A query with no visible key (a padding row) gets zeros instead of whatever the kernel

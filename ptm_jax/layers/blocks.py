@@ -1,4 +1,5 @@
-"""A Transformer block: attention + feed-forward, residuals, pre-LN or post-LN."""
+"""Transformer blocks: attention + feed-forward with residuals, pre-LN or post-LN, and the
+encoder–decoder layer (self-attention, cross-attention over the encoder output, feed-forward)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,8 +10,8 @@ import jax.numpy as jnp
 from ptm_jax.layers import attention, mlp, norms
 
 
-class Block(nn.Module):
-  """One layer. post-LN (BERT): x = LN(x + f(x)); pre-LN (GPT-2, Llama): x = x + f(LN(x))."""
+class _Sublayers(nn.Module):
+  """Shared fields and builders of `Block` and `EncoderDecoderBlock`."""
 
   num_heads: int
   head_dim: int
@@ -19,61 +20,113 @@ class Block(nn.Module):
   pre_norm: bool = False
   norm: str = 'layernorm'  # or 'rmsnorm'
   norm_eps: float = 1e-12
-  mlp: str = 'mlp'  # or 'swiglu'
+  mlp: str = 'mlp'  # or 'swiglu' (any gated activation: SiLU for Llama, tanh-GELU for T5 v1.1)
   activation: str = 'gelu'
   use_bias: bool = True
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
+  mlp_dropout_rate: float = 0.0  # inside the feed-forward, after the activation
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # init of the two projections that feed the residual
+  query_init_stddev: float | None = None  # None = init_stddev (T5: (embed * head_dim) ** -0.5)
+  mlp_out_init_stddev: float | None = None  # None = out_init_stddev (T5: mlp_dim ** -0.5)
+  attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5: 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
 
+  def _dt(self) -> dict:
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _attention(self, name: str) -> attention.Attention:
+    return attention.Attention(
+        self.num_heads, self.head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
+        attention_dropout_rate=self.attention_dropout_rate, init_stddev=self.init_stddev,
+        out_init_stddev=self.out_init_stddev, query_init_stddev=self.query_init_stddev,
+        scale=self.attention_scale, implementation=self.attention_impl, name=name, **self._dt())
+
+  def _mlp(self) -> nn.Module:
+    kw = dict(activation=self.activation, use_bias=self.use_bias, init_stddev=self.init_stddev,
+              out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
+              dropout_rate=self.mlp_dropout_rate, name='mlp', **self._dt())
+    if self.mlp == 'mlp':
+      return mlp.MLP(self.mlp_dim, **kw)
+    if self.mlp == 'swiglu':
+      return mlp.SwiGLU(self.mlp_dim, **kw)
+    raise ValueError(f"unknown mlp {self.mlp!r}; known: 'mlp', 'swiglu'")
+
+  def _norm(self, name: str) -> nn.Module:
+    return norms.make_norm(self.norm, epsilon=self.norm_eps, name=name, **self._dt())
+
+  def _residual(self, x_BLD, f, norm, deterministic: bool):
+    """pre-LN: x + drop(f(norm(x))); post-LN: norm(x + drop(f(x)))."""
+    drop = nn.Dropout(self.dropout_rate)
+    if self.pre_norm:
+      x_BLD = x_BLD + drop(f(norm(x_BLD)), deterministic=deterministic)
+    else:
+      x_BLD = norm(x_BLD + drop(f(x_BLD), deterministic=deterministic))
+    return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+
+class Block(_Sublayers):
+  """One layer. post-LN (BERT): x = LN(x + f(x)); pre-LN (GPT-2, Llama): x = x + f(LN(x))."""
+
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None,
                rotary: tuple[jnp.ndarray, jnp.ndarray] | None = None,
-               deterministic: bool = True) -> jnp.ndarray:
-    """Positional args only (nn.remat marks `deterministic`, argument 4 counting self, static)."""
-    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn = attention.Attention(
-        self.num_heads, self.head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
-        attention_dropout_rate=self.attention_dropout_rate, init_stddev=self.init_stddev,
-        out_init_stddev=self.out_init_stddev, implementation=self.attention_impl,
-        name='attention', **dt)
-    if self.mlp == 'mlp':
-      ff = mlp.MLP(self.mlp_dim, activation=self.activation, use_bias=self.use_bias,
-                   init_stddev=self.init_stddev, out_init_stddev=self.out_init_stddev,
-                   name='mlp', **dt)
-    elif self.mlp == 'swiglu':
-      ff = mlp.SwiGLU(self.mlp_dim, activation=self.activation, use_bias=self.use_bias,
-                      init_stddev=self.init_stddev, out_init_stddev=self.out_init_stddev,
-                      name='mlp', **dt)
-    else:
-      raise ValueError(f"unknown mlp {self.mlp!r}; known: 'mlp', 'swiglu'")
-    attn_norm = norms.make_norm(self.norm, epsilon=self.norm_eps, name='attention_norm', **dt)
-    mlp_norm = norms.make_norm(self.norm, epsilon=self.norm_eps, name='mlp_norm', **dt)
-    drop = nn.Dropout(self.dropout_rate)
-    axes = ('batch', 'length', 'embed')
+               deterministic: bool = True, bias: jnp.ndarray | None = None,
+               cache_index: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Positional args only (nn.remat marks `deterministic`, argument 4 counting self, static).
 
-    if self.pre_norm:
-      h = attn(attn_norm(x_BLD), mask, rotary=rotary, deterministic=deterministic)
-      x_BLD = x_BLD + drop(h, deterministic=deterministic)
-      x_BLD = nn.with_logical_constraint(x_BLD, axes)
-      h = ff(mlp_norm(x_BLD))
-      x_BLD = x_BLD + drop(h, deterministic=deterministic)
-    else:
-      h = attn(x_BLD, mask, rotary=rotary, deterministic=deterministic)
-      x_BLD = attn_norm(x_BLD + drop(h, deterministic=deterministic))
-      x_BLD = nn.with_logical_constraint(x_BLD, axes)
-      h = ff(x_BLD)
-      x_BLD = mlp_norm(x_BLD + drop(h, deterministic=deterministic))
-    return nn.with_logical_constraint(x_BLD, axes)
+    `bias` is an additive attention bias (T5 relative positions). A `cache_index` (int32 scalar)
+    runs the self-attention against its KV cache (`layers.attention`); it is an array, not a
+    flag, so that it passes through nn.remat untouched (None = no cache).
+    """
+    attn = self._attention('attention')
+    ff = self._mlp()
+    x_BLD = self._residual(
+        x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
+                              use_cache=cache_index is not None, cache_index=cache_index),
+        self._norm('attention_norm'), deterministic)
+    return self._residual(x_BLD, lambda h: ff(h, deterministic),
+                          self._norm('mlp_norm'), deterministic)
+
+
+class EncoderDecoderBlock(_Sublayers):
+  """Decoder layer of an encoder–decoder (T5, BART): causal self-attention, cross-attention over
+  the encoder output, feed-forward; each with its own norm (pre- or post-LN)."""
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None,
+               encoded_BSD: jnp.ndarray, cross_mask: jnp.ndarray | None,
+               bias: jnp.ndarray | None = None, deterministic: bool = True,
+               cache_index: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Positional args only (nn.remat marks `deterministic` static); `cache_index` as in `Block`."""
+    use_cache = cache_index is not None
+    attn, cross, ff = self._attention('attention'), self._attention('cross_attention'), self._mlp()
+    x_BLD = self._residual(
+        x_BLD, lambda h: attn(h, mask, deterministic=deterministic, bias=bias,
+                              use_cache=use_cache, cache_index=cache_index),
+        self._norm('attention_norm'), deterministic)
+    x_BLD = self._residual(
+        x_BLD, lambda h: cross(h, cross_mask, deterministic=deterministic, kv_BSD=encoded_BSD,
+                               use_cache=use_cache),
+        self._norm('cross_attention_norm'), deterministic)
+    return self._residual(x_BLD, lambda h: ff(h, deterministic),
+                          self._norm('mlp_norm'), deterministic)
 
 
 def block_class(remat: bool) -> type[Block]:
   """`Block`, or its rematerialised version (activations recomputed in the backward pass)."""
   if not remat:
     return Block
-  # static_argnums counts `self`: (self, x, mask, rotary, deterministic).
+  # static_argnums counts `self`: (self, x, mask, rotary, deterministic, ...).
   return nn.remat(Block, static_argnums=(4,))
+
+
+def encoder_decoder_block_class(remat: bool) -> type[EncoderDecoderBlock]:
+  """`EncoderDecoderBlock`, or its rematerialised version."""
+  if not remat:
+    return EncoderDecoderBlock
+  # (self, x, mask, encoded, cross_mask, bias, deterministic, cache_index).
+  return nn.remat(EncoderDecoderBlock, static_argnums=(6,))

@@ -1,4 +1,4 @@
-"""Feed-forward blocks: a classic activation MLP (BERT/GPT-2) and SwiGLU (Llama)."""
+"""Feed-forward blocks: a classic activation MLP (BERT/GPT-2/T5) and a gated one (Llama, T5 v1.1)."""
 from __future__ import annotations
 
 import functools
@@ -42,20 +42,22 @@ class MLP(nn.Module):
   param_dtype: Any = jnp.float32
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # None = init_stddev; GPT-2 shrinks residual outputs
+  dropout_rate: float = 0.0  # on the hidden activations (T5 dropout_rate, BART activation_dropout)
 
   @nn.compact
-  def __call__(self, x_BLD: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x_BLD: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
               stddev=self.init_stddev)
     h_BLF = dense(self.mlp_dim, ('embed', 'mlp'), name='wi', **kw)(x_BLD)
     h_BLF = nn.with_logical_constraint(activation(self.activation)(h_BLF),
                                        ('batch', 'length', 'mlp'))
+    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
     kw['stddev'] = self.out_init_stddev or self.init_stddev
     return dense(x_BLD.shape[-1], ('mlp', 'embed'), name='wo', **kw)(h_BLF)
 
 
 class SwiGLU(nn.Module):
-  """x -> (act(x W_gate) * x W_up) W_o (Shazeer 2020; Llama uses act = SiLU)."""
+  """x -> (act(x W_gate) * x W_up) W_o (Shazeer 2020; Llama: act = SiLU, T5 v1.1: tanh-GELU)."""
 
   mlp_dim: int
   activation: str = 'silu'
@@ -64,14 +66,16 @@ class SwiGLU(nn.Module):
   param_dtype: Any = jnp.float32
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # None = init_stddev; GPT-2 shrinks residual outputs
+  dropout_rate: float = 0.0  # on the gated hidden activations (T5 v1.1 dropout_rate)
 
   @nn.compact
-  def __call__(self, x_BLD: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x_BLD: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
               stddev=self.init_stddev)
     gate_BLF = dense(self.mlp_dim, ('embed', 'mlp'), name='wi_gate', **kw)(x_BLD)
     up_BLF = dense(self.mlp_dim, ('embed', 'mlp'), name='wi_up', **kw)(x_BLD)
     h_BLF = nn.with_logical_constraint(activation(self.activation)(gate_BLF) * up_BLF,
                                        ('batch', 'length', 'mlp'))
+    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
     kw['stddev'] = self.out_init_stddev or self.init_stddev
     return dense(x_BLD.shape[-1], ('mlp', 'embed'), name='wo', **kw)(h_BLF)

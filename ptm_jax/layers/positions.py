@@ -1,6 +1,8 @@
-"""Position information: learned absolute tables, sinusoids, and rotary embeddings (RoPE)."""
+"""Position information: learned absolute tables, sinusoids, rotary embeddings (RoPE), and T5's
+bucketed relative position bias."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -55,3 +57,54 @@ def apply_rotary(x_BLNH: jnp.ndarray, cos_BLH: jnp.ndarray, sin_BLH: jnp.ndarray
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   cos, sin = cos_BLH[:, :, None, :], sin_BLH[:, :, None, :]  # broadcast over heads
   return (x32 * cos + rotated * sin).astype(x_BLNH.dtype)
+
+
+def relative_position_bucket(relative_BQK: jnp.ndarray, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jnp.ndarray:
+  """T5's bucket of `key_position - query_position` (Raffel et al. 2020; Mesh TF / HF arithmetic).
+
+  Half the buckets are exact small distances, the rest log-spaced up to `max_distance`; the
+  unidirectional (decoder) version maps every future key (relative > 0) to bucket 0.
+  """
+  buckets = jnp.zeros_like(relative_BQK)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = (relative_BQK > 0).astype(relative_BQK.dtype) * num_buckets
+    distance = jnp.abs(relative_BQK)
+  else:
+    distance = -jnp.minimum(relative_BQK, 0)
+  max_exact = num_buckets // 2
+  # Same float32 ops as HF so bucket boundaries agree; max(., 1) only keeps log away from 0,
+  # where the exact branch is taken anyway.
+  scaled = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+            / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+  large = jnp.minimum(max_exact + scaled.astype(relative_BQK.dtype), num_buckets - 1)
+  return buckets + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned per-head scalar bias over bucketed relative positions: `[B|1, N, Q, K]` float32.
+
+  One table per stack, computed once and added to every layer's logits (as HF shares layer 0's).
+  """
+
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  bidirectional: bool = True
+  param_dtype: Any = jnp.float32
+  init_stddev: float = 0.02
+
+  @nn.compact
+  def __call__(self, q_positions_BQ: jnp.ndarray, k_positions_BK: jnp.ndarray) -> jnp.ndarray:
+    table_RN = self.param(
+        'embedding',
+        nn.with_logical_partitioning(nn.initializers.normal(self.init_stddev), (None, 'heads')),
+        (self.num_buckets, self.num_heads), self.param_dtype)
+    relative_BQK = (k_positions_BK[:, None, :].astype(jnp.int32)
+                    - q_positions_BQ[:, :, None].astype(jnp.int32))
+    bucket_BQK = relative_position_bucket(relative_BQK, bidirectional=self.bidirectional,
+                                          num_buckets=self.num_buckets,
+                                          max_distance=self.max_distance)
+    bias_BQKN = jnp.take(table_RN.astype(jnp.float32), bucket_BQK, axis=0)
+    return jnp.transpose(bias_BQKN, (0, 3, 1, 2))

@@ -12,6 +12,7 @@ FAMILIES: dict[str, str] = {
     'encoder': 'ptm_jax.models.encoder',
     'decoder': 'ptm_jax.models.decoder',
     'albert': 'ptm_jax.models.albert',
+    'encdec': 'ptm_jax.models.encdec',
 }
 
 
