@@ -3,7 +3,9 @@
 Embeddings (token + learned position + token type) -> LayerNorm -> dropout -> post-LN blocks,
 then an MLM head tied to the token embeddings, a tanh pooler over the first token and an NSP head.
 Parameter names follow `docs/contracts.md`: token_embed, position_embed, type_embed, embed_norm,
-layers_{i}, mlm_head, pooler, nsp_head.
+[embed_project,] layers_{i}, mlm_head, pooler, nsp_head[, rtd_head]. The two optional ones exist
+for ELECTRA checkpoints: a factorised embedding (`embedding_size` E < H) and the discriminator's
+replaced-token-detection head (`rtd_head=True`).
 """
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ class Config:
   head_dim: int | None = None  # None = embed_dim // num_heads
   mlp_dim: int = 3072
   max_position_embeddings: int = 512
-  type_vocab_size: int = 2  # 0 = no token-type embeddings (RoBERTa)
+  type_vocab_size: int = 2  # 0 = no token-type embeddings (DistilBERT)
+  # E < embed_dim factorises the embedding: E-wide tables and LayerNorm, a dense E -> H
+  # (`embed_project`), an H -> E MLM transform before the tied decoder (HF ELECTRA generators,
+  # ELECTRA-Small). None = embed_dim.
+  embedding_size: int | None = None
+  rtd_head: bool = False  # ELECTRA's replaced-token detection (`rtd_logits`; HF discriminators)
   position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
   block_position_embeddings: bool = False  # GLM: a second learned table (position inside a span)
   layer_norm_eps: float = 1e-12
@@ -43,6 +50,10 @@ class Config:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def resolved_embedding_size(self) -> int:
+    return self.embedding_size or self.embed_dim
 
 
 def dtypes(cfg) -> dict[str, Any]:
@@ -90,6 +101,21 @@ class MLMHead(nn.Module):
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
 
+class RTDHead(nn.Module):
+  """ELECTRA replaced-token detection: dense(H) -> activation -> dense(1) -> float32 `[B, L]`."""
+
+  config: Any
+
+  @nn.compact
+  def __call__(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
+    cfg, dt = self.config, dtypes(self.config)
+    kw = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
+    h_BLD = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), name='dense', **kw)(hidden_BLD)
+    h_BLD = mlp.activation(cfg.activation)(h_BLD)
+    logits_BL1 = mlp.dense(1, ('mlp', None), name='out', **kw)(h_BLD)
+    return logits_BL1[..., 0].astype(jnp.float32)
+
+
 class Model(nn.Module):
   """BERT/RoBERTa encoder with MLM, pooler and NSP heads; returns a dict (contracts.md)."""
 
@@ -98,13 +124,14 @@ class Model(nn.Module):
   def setup(self):
     cfg = self.config
     dt = dtypes(cfg)
-    self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embed_dim,
+    width = cfg.resolved_embedding_size
+    self.token_embed = embeddings.Embed(cfg.vocab_size, width,
                                         init_stddev=cfg.initializer_range, **dt)
     self.position_embed = positions.LearnedPositions(
-        cfg.max_position_embeddings, cfg.embed_dim, offset=cfg.position_offset,
+        cfg.max_position_embeddings, width, offset=cfg.position_offset,
         init_stddev=cfg.initializer_range, **dt)
     if cfg.type_vocab_size:
-      self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embed_dim,
+      self.type_embed = embeddings.Embed(cfg.type_vocab_size, width,
                                          init_stddev=cfg.initializer_range,
                                          axes=(None, 'embed'), **dt)
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
@@ -113,6 +140,9 @@ class Model(nn.Module):
           cfg.max_position_embeddings, self.position_embed.features,
           init_stddev=cfg.initializer_range, **dt)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    if width != cfg.embed_dim:  # (None, 'embed'): E and H must not both map to one mesh axis
+      self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), use_bias=True,
+                                     stddev=cfg.initializer_range, **dt)
     block = blocks.block_class(cfg.remat)
     self.layers = [
         block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
@@ -121,10 +151,13 @@ class Model(nn.Module):
               attention_dropout_rate=cfg.attention_dropout_rate,
               init_stddev=cfg.initializer_range, attention_impl=cfg.attention_impl, **dt)
         for _ in range(cfg.num_layers)]
-    self.mlm_head = MLMHead(cfg)
+    self.mlm_head = (MLMHead(cfg) if width == cfg.embed_dim
+                     else MLMHead(cfg, width=width, axes=('embed', None)))
     dense = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
     self.pooler = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), **dense)
     self.nsp_head = mlp.dense(2, ('embed', None), **dense)
+    if cfg.rtd_head:
+      self.rtd_head = RTDHead(cfg)
 
   def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
             token_types: jnp.ndarray | None = None, deterministic: bool = True,
@@ -140,6 +173,8 @@ class Model(nn.Module):
         token_types = jnp.zeros_like(tokens)
       x_BLD = x_BLD + self.type_embed(token_types)
     x_BLD = self.embed_dropout(self.embed_norm(x_BLD), deterministic=deterministic)
+    if self.config.resolved_embedding_size != self.config.embed_dim:
+      x_BLD = self.embed_project(x_BLD)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
   def encode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray,
@@ -184,6 +219,8 @@ class Model(nn.Module):
       scored = jnp.take_along_axis(hidden_BLD, logits_positions[..., None], axis=1)  # [B, K, D]
     out = dict(hidden=hidden_BLD, logits=self.mlm_logits(scored), pooled=pooled_BD,
                nsp_logits=self.nsp_head(pooled_BD).astype(jnp.float32))
+    if self.config.rtd_head:
+      out['rtd_logits'] = self.rtd_head(hidden_BLD)
     if output_hidden_states:
       out['hidden_states'] = states
     return out

@@ -30,8 +30,10 @@ MODULES: tuple[str, ...] = (
     'ptm_jax.interop.maps.bert',
     'ptm_jax.interop.maps.gpt2',
     'ptm_jax.interop.maps.llama',
-    # 'ptm_jax.interop.maps.albert', 'ptm_jax.interop.maps.electra',
-    # 'ptm_jax.interop.maps.distilbert', 'ptm_jax.interop.maps.t5', 'ptm_jax.interop.maps.bart',
+    'ptm_jax.interop.maps.albert',
+    'ptm_jax.interop.maps.electra',
+    'ptm_jax.interop.maps.distilbert',
+    # 'ptm_jax.interop.maps.t5', 'ptm_jax.interop.maps.bart',
 )
 
 

@@ -60,7 +60,8 @@ def _config_to_hf(cfg, *, roberta: bool) -> dict:
   return out
 
 
-def _layer_from_hf(get: Getter, pre: str, n: int, h: int) -> dict:
+def layer_from_hf(get: Getter, pre: str, n: int, h: int) -> dict:
+  """One post-LN BERT layer (`{pre}attention.self.query...`) -> our block; ELECTRA shares it."""
   def heads(name: str) -> dict:
     return {'kernel': get(f'{pre}attention.self.{name}.weight').T.reshape(-1, n, h),
             'bias': get(f'{pre}attention.self.{name}.bias').reshape(n, h)}
@@ -76,7 +77,8 @@ def _layer_from_hf(get: Getter, pre: str, n: int, h: int) -> dict:
   }
 
 
-def _layer_to_hf(p: dict, pre: str) -> dict:
+def layer_to_hf(p: dict, pre: str) -> dict:
+  """Our block -> one BERT layer's tensors (the inverse of `layer_from_hf`)."""
   a = p['attention']
   out = {}
   for name in ('query', 'key', 'value'):
@@ -91,6 +93,12 @@ def _layer_to_hf(p: dict, pre: str) -> dict:
   out.update(dense_out(p['mlp']['wo'], pre + 'output.dense'))
   out.update(ln_out(p['mlp_norm'], pre + 'output.LayerNorm'))
   return out
+
+
+def _plain(cfg) -> bool:
+  """Token types, no factorised embedding, no RTD head (else DistilBERT or ELECTRA write it)."""
+  return (cfg.type_vocab_size >= 1 and not cfg.rtd_head
+          and cfg.resolved_embedding_size == cfg.embed_dim)
 
 
 def _params_from_hf(get: Getter, cfg, *, base: str, mlm: str, roberta: bool) -> dict:
@@ -111,7 +119,7 @@ def _params_from_hf(get: Getter, cfg, *, base: str, mlm: str, roberta: bool) -> 
   if not roberta:
     p['nsp_head'] = dense(get, 'cls.seq_relationship')
   for i in range(cfg.num_layers):
-    p[f'layers_{i}'] = _layer_from_hf(get, f'{base}encoder.layer.{i}.', n, h)
+    p[f'layers_{i}'] = layer_from_hf(get, f'{base}encoder.layer.{i}.', n, h)
   return p
 
 
@@ -123,7 +131,7 @@ def _params_to_hf(p: dict, cfg, *, base: str, mlm: str, roberta: bool) -> dict:
     out[e + 'token_type_embeddings.weight'] = p['type_embed']['embedding']
   out.update(ln_out(p['embed_norm'], e + 'LayerNorm'))
   for i in range(cfg.num_layers):
-    out.update(_layer_to_hf(p[f'layers_{i}'], f'{base}encoder.layer.{i}.'))
+    out.update(layer_to_hf(p[f'layers_{i}'], f'{base}encoder.layer.{i}.'))
   out.update(dense_out(p['pooler'], base + 'pooler.dense'))
   head = p['mlm_head']
   out.update(dense_out(head['dense'], mlm + ('dense' if roberta else 'transform.dense')))
@@ -147,7 +155,7 @@ BERT = ArchMap(
                                                     roberta=False),
     params_to_hf=lambda p, cfg: _params_to_hf(p, cfg, base='bert.', mlm='cls.predictions.',
                                               roberta=False),
-    matches=lambda cfg: cfg.position_offset == 0,
+    matches=lambda cfg: cfg.position_offset == 0 and _plain(cfg),
     default_architecture='BertForPreTraining',
     ignore_suffixes=('embeddings.position_ids', 'embeddings.token_type_ids',
                      'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias'),
@@ -163,7 +171,7 @@ ROBERTA = ArchMap(
                                                     roberta=True),
     params_to_hf=lambda p, cfg: _params_to_hf(p, cfg, base='roberta.', mlm='lm_head.',
                                               roberta=True),
-    matches=lambda cfg: cfg.position_offset > 0,
+    matches=lambda cfg: cfg.position_offset > 0 and _plain(cfg),
     default_architecture='RobertaForMaskedLM',
     ignore_suffixes=('embeddings.position_ids', 'embeddings.token_type_ids',
                      'lm_head.decoder.weight', 'lm_head.decoder.bias'),
