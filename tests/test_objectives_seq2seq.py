@@ -307,3 +307,46 @@ def test_sentence_annotation_for_permutation():
                for k in range(1, out['sentence_ids'].max() + 1)]
   assert sentences == ['The Fed said on Monday that the Bank of England, and Donald Trump met in New York.',
                        'Markets in Hong Kong rose.', 'Investors in Hong Kong cheered.', 'I think so.']
+
+
+@pytest.mark.parametrize('name', ['span_corruption', 'bart', 'mass'])
+def test_losses_on_a_tiny_encdec(name):
+  from ptm_jax import models, objectives
+  module = objectives.get(name)
+  variant = 't5_runlocal' if name == 'span_corruption' else 'bart_runlocal'
+  model = models.build('encdec', variant, vocab_size=SPECIALS.vocab_size, embed_dim=32,
+                       num_encoder_layers=1, num_decoder_layers=1, num_heads=2, head_dim=16,
+                       mlp_dim=64)
+  batch = doc_rows(4, [20, 9], sentences=2) if name != 'span_corruption' else unique_rows(4, 40)
+  out = jax.jit(lambda r, b: module.corrupt(r, b, specials=SPECIALS))(jax.random.key(0), batch)
+  params = jax.jit(lambda r: model.init(r, out['inputs'], segment_ids=out['input_segment_ids'],
+                                        positions=out['input_positions']))(jax.random.key(1))['params']
+  value, metrics = jax.jit(lambda p, b: module.loss(p, b, None, model=model, specials=SPECIALS))(
+      params, out)
+  assert abs(float(value) - np.log(SPECIALS.vocab_size)) < 1.0, value
+  assert metrics['num_targets'] == np.asarray(out['weights']).sum() > 0
+  assert metrics['num_encoder_tokens'] == (np.asarray(out['input_segment_ids']) > 0).sum()
+  # Teacher forcing starts each target segment from the model's decoder start id.
+  assert seq2seq.decoder_start_id(model, SPECIALS) == model.config.decoder_start_id
+
+
+# ----------------------------------------------------------------------------- runlocal runs
+
+
+RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'train.log_every': 5,
+            'train.eval_every': 0, 'train.checkpoint_every': 30, 'data.seq_len': 64,
+            'data.num_threads': 1, 'data.tokenizer.vocab_size': 800,
+            'data.tokenizer.max_train_chars': 300_000, 'optim.warmup_steps': 5}
+
+
+@pytest.mark.parametrize('spec', ['experiments/t5.py:runlocal', 'experiments/bart.py:runlocal',
+                                  'experiments/mass.py:runlocal'])
+def test_runlocal_loss_decreases(spec, data_dir, tmp_path):
+  from ptm_jax import metrics as metrics_lib
+  from ptm_jax import train
+  cfg = configs.load_experiment(os.path.join(REPO, spec), RUNLOCAL)
+  train.train(cfg, str(tmp_path))
+  records = metrics_lib.read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
+  losses = [r['loss'] for r in records if 'loss' in r]
+  assert len(losses) == 6
+  assert losses[-1] < losses[0] - 0.5, losses

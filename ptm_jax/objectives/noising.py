@@ -9,8 +9,10 @@ Everything here is jittable with shapes fixed by (B, L) and Python constants:
     the first token it may not cover (padding, reserved ids, a document boundary);
   * `compact`: scatter of per-position emissions (0, 1 or 2 tokens each) to the front of a row,
     which is how deletion, infilling and sentinel replacement shorten a row;
-  * `reorder`: a permutation of the tokens of each block (sentence permutation, rotation).
-Tests: tests/test_objectives_seq2seq.py and tests/test_objectives_unified.py.
+  * `reorder`: a permutation of the movable tokens of each segment among that segment's movable
+    slots (sentence permutation, document rotation), fixed tokens ([CLS]/[SEP]) staying put.
+Tested through their users: tests/test_objectives_seq2seq.py (T5, BART, MASS) and
+tests/test_objectives_unified.py (prefix LM, UniLM, GLM).
 """
 from __future__ import annotations
 
