@@ -28,7 +28,11 @@ INITS = ('pretrained', 'random')
 DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5e-5,
                 warmup_steps=100, eval_every=100, eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
-                train_examples=0)
+                train_examples=0,
+                # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
+                # and an ELMo scalar mix, for the classification tasks; off unless asked for.
+                probe=False, probe_steps=500, probe_learning_rate=1e-2, probe_l2=1e-3,
+                finetune=True)
 
 
 def downstream_field(config, name: str) -> Any:
@@ -211,7 +215,8 @@ def plot_dev_curves(rows: list[dict[str, Any]], out_png: str) -> str:
 def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
   """Fine-tunes every `config.downstream.tasks` x seeds x (pretrained, random); returns the table.
 
-  Returns {'markdown': str, 'rows': [one dict per run]} and writes `workdir/finetune.png`.
+  Returns {'markdown', 'rows' (one dict per fine-tune), 'probe_rows'} and writes finetune.png
+  (and, with `downstream.probe`, probe.json + probe.png; `downstream.finetune=False` probes only).
   """
   tasks = list(downstream_field(config, 'tasks'))
   for task in tasks:
@@ -219,7 +224,10 @@ def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
   seeds = [int(s) for s in downstream_field(config, 'seeds')]
   tokenizer_cfg = pinned_tokenizer_config(config)
   rows = []
+  field = lambda name: downstream_field(config, name)  # noqa: E731
   jobs = [(task, seed, init) for task in tasks for seed in seeds for init in INITS]
+  if not field('finetune'):
+    jobs = []
   for task, seed, init in jobs:
     rows.append(run_one(config, task, init, seed, workdir, pretrained_dir, tokenizer_cfg))
     if rows[-1]['preempted']:
@@ -227,10 +235,16 @@ def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
       logging.warning('fine-tuning preempted at %s/%s/seed%d; %d runs left for the rerun', task, init,
                       seed, len(jobs) - len(rows))
       break
-  markdown = summarize([r for r in rows if not r['preempted']])
+  markdown = summarize([r for r in rows if not r['preempted']]) if rows else ''
   if rows and rows[-1]['preempted']:
     markdown += '\n\n(preempted: the table is incomplete; rerun the same command to resume)'
   if jax.process_index() == 0 and rows:
     plot = plot_dev_curves(rows, os.path.join(workdir, 'finetune.png'))
     markdown += f'\n\n![fine-tuning dev score]({os.path.basename(plot)})'
-  return {'markdown': markdown, 'rows': rows}
+  probe_rows = []
+  if field('probe') and not (rows and rows[-1]['preempted']):
+    from ptm_jax.tasks import probe  # pylint: disable=g-import-not-at-top
+    probes = probe.run_probes(config, workdir, pretrained_dir, tokenizer_cfg, field)
+    probe_rows = probes['rows']
+    markdown = '\n\n'.join(m for m in (markdown, probes['markdown']) if m)
+  return {'markdown': markdown, 'rows': rows, 'probe_rows': probe_rows}
