@@ -15,6 +15,9 @@ from ptm_jax import train
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage the config names and writes `workdir/report.md` + `workdir/curves.png`."""
+  if "comparison" in config:  # a set of runs on one FLOP budget (experiments/compare_encoders.py)
+    from ptm_jax import compare
+    return compare.run(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if config.train.steps == 0:
     # No pretraining stage: the fine-tunes start from the weights `init_from` names.

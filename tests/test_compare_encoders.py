@@ -1,0 +1,171 @@
+"""The equal-compute encoder comparison: FLOP accounting, the step plan, and the runlocal job."""
+import json
+import math
+import os
+
+import pytest
+
+from ptm_jax import compare, configs, flops, objectives
+from ptm_jax.configs import base
+from ptm_jax.objectives import electra, mlm, spanbert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(REPO, 'experiments', 'compare_encoders.py')
+VOCAB = 2000
+
+
+def _comparison(arg='runlocal', **overrides):
+  return configs.load_experiment(f'{SPEC}:{arg}', overrides)
+
+
+def _member(name, **model):
+  cfg = compare.member_config(_comparison(), name)
+  cfg.model.update(model)
+  return cfg
+
+
+def test_mlm_flops_match_the_hand_count():
+  # runlocal: L=2, D=64 (1 head of 64), F=256, T=64, V=2000; K = ceil(9.6 + 6 sd + 1) = 28 slots.
+  parts = flops.breakdown(_member('mlm'), vocab_size=VOCAB)
+  blocks = 3 * 2 * (2 * 4 * 64 * 64 + 2 * 2 * 64 * 64 + 2 * 2 * 64 * 256)
+  head = 3 * 28 / 64 * (2 * 64 * 64 + 2 * 64 * VOCAB)
+  assert mlm.max_predictions(64, 0.15) == 28
+  assert parts['blocks'] == pytest.approx(blocks)
+  assert parts['mlm_head'] == pytest.approx(head)
+  assert parts['total'] == pytest.approx(blocks + head)
+  # The method's own count: the vocabulary projection at 15 % of the positions.
+  expected = flops.breakdown(_member('mlm'), vocab_size=VOCAB, scored='expected')
+  assert expected['mlm_head'] == pytest.approx(3 * 0.15 * (2 * 64 * 64 + 2 * 64 * VOCAB))
+  dense = _member('mlm')
+  dense.objective.sparse_logits = False
+  assert flops.breakdown(dense, vocab_size=VOCAB)['mlm_head'] == pytest.approx(
+      3 * (2 * 64 * 64 + 2 * 64 * VOCAB))
+  # 6 N_blocks + 12 L T D: the Kaplan form of the same block count (no biases, one head).
+  n_blocks = 2 * (4 * 64 * 64 + 2 * 64 * 256)
+  assert parts['blocks'] == pytest.approx(6 * n_blocks + 12 * 2 * 64 * 64)
+
+
+def test_electra_exceeds_mlm_by_the_generator_share():
+  bert, el = _member('mlm'), _member('electra')
+  p_bert = flops.breakdown(bert, vocab_size=VOCAB)
+  p_el = flops.breakdown(el, vocab_size=VOCAB)
+  # Generator: width 16 (1/4), 1 head, FFN 64, 2 layers; the shared 64-wide table projected to 16;
+  # its MLM head (16 -> 64 -> V) at the same 28-slot slab.
+  gen_fwd = (2 * (2 * 4 * 16 * 16 + 2 * 2 * 64 * 16 + 2 * 2 * 16 * 64) + 2 * 64 * 16
+             + 28 / 64 * (2 * 16 * 64 + 2 * 64 * VOCAB))
+  assert p_el['generator'] == pytest.approx(3 * gen_fwd)
+  assert p_el['rtd_head'] == pytest.approx(3 * (2 * 64 * 64 + 2 * 64))
+  assert p_el['blocks'] == pytest.approx(p_bert['blocks'])  # the discriminator is BERT's size
+  assert p_el['total'] - p_bert['total'] == pytest.approx(
+      p_el['generator'] + p_el['rtd_head'] - p_bert['mlm_head'])
+  assert p_el['total'] > p_bert['total']
+  assert p_el['total'] == pytest.approx(
+      electra.flops_per_token(el.model, electra.Options(generator_width_fraction=0.25),
+                              seq_len=64, vocab_size=VOCAB))
+
+
+def test_albert_flops_equal_bert_while_params_differ():
+  shared, unshared = _member('albert'), _member('albert', share='none')
+  f_shared = flops.breakdown(shared, vocab_size=VOCAB)
+  assert f_shared == flops.breakdown(unshared, vocab_size=VOCAB)  # a shared layer runs L times
+  p_shared = compare.encoder_params(shared, VOCAB)
+  p_unshared = compare.encoder_params(unshared, VOCAB)
+  assert p_shared < p_unshared
+  # At E = H, ALBERT + SOP costs what BERT + NSP costs, plus only its E -> H projection.
+  albert_eh, bert = _member('albert', embedding_size=64), _member('mlm_nsp')
+  f_albert, f_bert = (flops.breakdown(c, vocab_size=VOCAB) for c in (albert_eh, bert))
+  for part in ('blocks', 'mlm_head', 'pair_head'):
+    assert f_albert[part] == pytest.approx(f_bert[part])
+  assert f_albert['total'] - f_bert['total'] == pytest.approx(3 * 2 * 64 * 64)
+  assert compare.encoder_params(albert_eh, VOCAB) < compare.encoder_params(bert, VOCAB)
+
+
+def test_spanbert_counts_its_sbo_head():
+  cfg = _member('spanbert')
+  parts = flops.breakdown(cfg, vocab_size=VOCAB)
+  options = objectives.build_options(spanbert, cfg.objective)
+  slots = flops.scored_positions('spanbert', options, 64)
+  assert slots == spanbert.max_span_predictions(64, options) > mlm.max_predictions(64, 0.15)
+  assert parts['sbo_head'] == pytest.approx(
+      3 * slots / 64 * (2 * (2 * 64 + 200) * 64 + 2 * 64 * 64 + 2 * 64 * VOCAB))
+  with pytest.raises(ValueError, match='no FLOP model'):
+    cfg = _member('mlm')
+    cfg.objective = base.objective_config('clm')
+    flops.breakdown(cfg, vocab_size=VOCAB)
+
+
+def test_members_share_size_corpus_tokenizer_and_budget():
+  config = _comparison()
+  members, budget = compare.plan(config, VOCAB)
+  assert [m.name for m in members] == list(config.comparison.members)
+  assert len(members) == 8
+  for m in members:
+    c = m.config
+    assert (c.model.num_layers, c.model.embed_dim, c.model.mlp_dim) == (2, 64, 256)
+    assert c.data.source == 'news_en' and c.data.seq_len == 64
+    assert c.data.tokenizer.to_dict() == config.data.tokenizer.to_dict()
+    assert c.train.batch_size == config.train.batch_size and c.train.steps == m.steps
+    assert c.optim.to_dict() == {**config.optim.to_dict(), 'warmup_steps': c.optim.warmup_steps}
+    # Equal compute: the largest step count within the budget.
+    assert m.flops <= budget * (1 + 1e-9) and budget - m.flops < m.flops_per_step
+  by = {m.name: m for m in members}
+  assert by['albert'].config.model.family == 'albert' and by['albert'].config.model.share == 'all'
+  assert by['roberta'].config.data.cross_document and by['mlm_nsp'].config.data.pairs == 'nsp'
+  assert by['roberta'].config.model.max_position_embeddings == 128 + 2
+  assert by['mlm'].steps == config.comparison.reference_steps
+  # Cheaper steps, more of them: ALBERT (E = 16 head) > MLM > ELECTRA > SpanBERT (+ SBO).
+  assert by['albert'].steps > by['mlm'].steps > by['electra'].steps > by['spanbert'].steps
+  with pytest.raises(ValueError, match='reference'):
+    compare.plan(_comparison(**{'comparison.reference': 'gpt'}), VOCAB)
+
+
+@pytest.mark.parametrize('arg', ['cpu', 'gpu'])
+def test_larger_sizes_plan(arg):
+  members, _ = compare.plan(_comparison(arg), 8000)
+  steps = {m.name: m.steps for m in members}
+  assert steps['mlm'] == _comparison(arg).comparison.reference_steps
+  assert steps['electra'] < steps['mlm'] < steps['albert']
+
+
+def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
+  from ptm_jax import run as run_lib
+  config = _comparison(**{'mesh.num_devices': 1})
+  workdir = str(tmp_path / 'cmp')
+  summary = run_lib.run(config, workdir)  # run.run dispatches a `comparison` config
+  names = list(config.comparison.members)
+  tasks = list(config.downstream.tasks)
+  for suffix in ('md', 'png', 'json'):
+    assert os.path.getsize(os.path.join(workdir, f'compare_encoders.{suffix}')) > 0
+  with open(os.path.join(workdir, 'compare_encoders.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(os.path.join(workdir, 'compare_encoders.json')) as f:
+    saved = json.load(f)
+  members = saved['members']
+  assert set(members) == {*names, 'random'}
+  budget = members['mlm']['budget']
+  for name in names:
+    r = members[name]
+    assert r['steps'] == r['planned_steps'] >= 1
+    assert r['flops'] <= budget * (1 + 1e-9) and budget - r['flops'] < r['flops_per_step']
+    assert math.isfinite(r['train_loss'])
+    for task in tasks:
+      acc = saved['accuracy'][name][task]
+      assert acc['n'] == 1 and 0.0 <= acc['mean'] <= 1.0
+  for task in tasks:
+    assert 0.0 <= saved['accuracy']['random'][task]['mean'] <= 1.0
+  # Steps differ where the FLOPs per step differ.
+  per_step = {n: members[n]['flops_per_step'] for n in names}
+  steps = {n: members[n]['steps'] for n in names}
+  for a in names:
+    for b in names:
+      if per_step[a] < per_step[b] * 0.9:
+        assert steps[a] > steps[b], (a, b, steps)
+  # One fine-tune per (member or baseline, task, seed); the baseline is trained once per task.
+  assert len(saved['rows']) == len(tasks) * (len(names) + 1)
+  assert sum(r['member'] == 'random' for r in saved['rows']) == len(tasks)
+  assert all(r['init'] == 'pretrained' for r in saved['rows'] if r['member'] != 'random')
+  text = summary['markdown']
+  for name in names:
+    assert config.comparison.labels[name] in text
+  assert 'random init (baseline)' in text and '![accuracy by objective](compare_encoders.png)' in text
+  assert os.listdir(os.path.join(workdir, 'xla_cache'))  # the fine-tunes' shared compilations
