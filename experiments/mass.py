@@ -3,9 +3,9 @@ Language Generation", ICML).
 
 Claim reproduced: masking a contiguous fragment of 50 % of each document in the encoder and
 predicting exactly that fragment with a decoder whose other inputs are masked trains the encoder
-to understand the unmasked context and the decoder to rely on it: the fragment loss falls well
-below the unigram entropy within a few hundred steps (the paper: k = 50 % is the best trade-off,
-Figure 4; BERT-like k = 1 and LM-like k = m are worse).
+to understand the unmasked context and the decoder to rely on it: the fragment loss falls (the
+paper: k = 50 % is the best trade-off, Figure 4; BERT-like k = 1 and LM-like k = m are worse;
+`--config.objective.fragment_rate` sweeps k).
 Recipe: a 6+6-layer Transformer with learned positions and post-LN (the `encdec` BART layout,
 1024 wide, 8 heads of 128, 4096 MLP, the paper's XLM-based model), packed 512-token rows, Adam
 1e-4 (the paper's learning rate) with linear warmup/decay.
