@@ -28,7 +28,7 @@ INITS = ('pretrained', 'random')
 DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5e-5,
                 warmup_steps=100, eval_every=100, eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
-                train_examples=0,
+                train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
                 # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
                 # and an ELMo scalar mix, for the classification tasks; off unless asked for.
                 probe=False, probe_steps=500, probe_learning_rate=1e-2, probe_l2=1e-3,
@@ -222,10 +222,13 @@ def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
   for task in tasks:
     downstream.task_info(task)  # unknown names fail before any training
   seeds = [int(s) for s in downstream_field(config, 'seeds')]
+  inits = [str(i) for i in downstream_field(config, 'inits')]
+  if not inits or set(inits) - set(INITS):
+    raise ValueError(f'downstream.inits={tuple(inits)}: use a non-empty subset of {INITS}')
   tokenizer_cfg = pinned_tokenizer_config(config)
   rows = []
   field = lambda name: downstream_field(config, name)  # noqa: E731
-  jobs = [(task, seed, init) for task in tasks for seed in seeds for init in INITS]
+  jobs = [(task, seed, init) for task in tasks for seed in seeds for init in inits]
   if not field('finetune'):
     jobs = []
   for task, seed, init in jobs:
