@@ -172,9 +172,12 @@ def load(directory: str, *, seed: int = 0) -> Pretrained:
   """An HF checkpoint directory -> `Pretrained` (model, params, config, tokenizer)."""
   hf_config = read_config(directory)
   amap, architecture = arch_of(hf_config)
-  config = make_config(amap.family, amap.config_from_hf(hf_config))
-  model = models.get_family(amap.family).Model(config)
   st = SafetensorsDir(directory)
+  fields = amap.config_from_hf(hf_config)
+  if amap.config_from_names is not None:
+    fields = amap.config_from_names(fields, set(st.names))
+  config = make_config(amap.family, fields)
+  model = models.get_family(amap.family).Model(config)
   params, initialised = params_from_tensors(amap, config, st.names, st.shape, st.get,
                                             model=model, seed=seed)
   tokenizer, tok_info = tokenizer_files.from_hf_dir(directory, hf_config)

@@ -33,7 +33,8 @@ MODULES: tuple[str, ...] = (
     'ptm_jax.interop.maps.albert',
     'ptm_jax.interop.maps.electra',
     'ptm_jax.interop.maps.distilbert',
-    # 'ptm_jax.interop.maps.t5', 'ptm_jax.interop.maps.bart',
+    'ptm_jax.interop.maps.t5',
+    'ptm_jax.interop.maps.bart',
 )
 
 
@@ -58,6 +59,8 @@ class ArchMap:
   ignore_suffixes: tuple[str, ...] = ()
   # Our head modules with no HF counterpart at all (always freshly initialised on import).
   unmapped: tuple[str, ...] = ()
+  # Config fields that only the file's tensor names tell (T5: a stored `lm_head` means untied).
+  config_from_names: Callable[[dict, set[str]], dict] | None = None
 
   def is_bare(self, architecture: str) -> bool:
     """Bare base classes (`BertModel`) save their tensors without `base_prefix`."""
