@@ -13,12 +13,13 @@ re-rotation.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptm_jax.layers import masks
 from ptm_jax.layers import positions as positions_lib
 
 
@@ -49,27 +50,46 @@ def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
   return jnp.einsum('bnts,bsnh->btnh', probs_BNTS.astype(v_BSNH.dtype), v_BSNH)
 
 
-class DecodeCache(nn.Module):
-  """Model-level decoding state: the next cache slot and each cached slot's segment id / position.
+class CacheView(NamedTuple):
+  """Where the current chunk of L tokens sits in a KV cache of S slots (from `DecodeCache`)."""
 
-  Returns None on the sizing call (empty collection); afterwards `(start, segment_ids_BS,
-  positions_BS)` with the current chunk already written at `[start, start + L)`.
+  index: jnp.ndarray  # int32 scalar: the chunk's first slot
+  segment_ids: jnp.ndarray  # [B, S] segment id of every cached slot (0 = empty or padding)
+  positions: jnp.ndarray  # [B, S] position of every cached slot
+  causal: jnp.ndarray  # [1, 1, L, S] query slot >= key slot
+
+  def place(self, x_BL: jnp.ndarray) -> jnp.ndarray:
+    """The chunk's per-token values at their slots `[B, S]`, zeros elsewhere."""
+    out_BS = jnp.zeros(self.segment_ids.shape, x_BL.dtype)
+    return jax.lax.dynamic_update_slice(out_BS, x_BL, (0, self.index))
+
+
+class DecodeCache(nn.Module):
+  """Model-level decoding state: the next cache slot and each cached slot's segment id/position.
+
+  The sizing call (empty collection) creates the buffers and describes the chunk as a plain
+  causal sequence (the layers then only create their own buffers); later calls write the chunk
+  at `[index, index + L)` and advance the index.
   """
 
   @nn.compact
-  def __call__(self, segment_ids_BL: jnp.ndarray, positions_BL: jnp.ndarray):
+  def __call__(self, segment_ids_BL: jnp.ndarray, positions_BL: jnp.ndarray) -> CacheView:
     ready = self.has_variable('cache', 'index')
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     seg = self.variable('cache', 'segment_ids', jnp.zeros, segment_ids_BL.shape, jnp.int32)
     pos = self.variable('cache', 'positions', jnp.zeros, positions_BL.shape, jnp.int32)
+    length = segment_ids_BL.shape[1]
     if not ready:
-      return None
+      return CacheView(jnp.zeros((), jnp.int32), segment_ids_BL, positions_BL,
+                       masks.causal_mask(length))
     start = index.value
     seg.value = jax.lax.dynamic_update_slice(seg.value, segment_ids_BL.astype(jnp.int32),
                                              (0, start))
     pos.value = jax.lax.dynamic_update_slice(pos.value, positions_BL.astype(jnp.int32), (0, start))
-    index.value = start + segment_ids_BL.shape[1]
-    return start, seg.value, pos.value
+    index.value = start + length
+    query_slot_L = start + jnp.arange(length)
+    causal = query_slot_L[:, None] >= jnp.arange(seg.value.shape[1])[None, :]
+    return CacheView(start, seg.value, pos.value, causal[None, None])
 
 
 class Attention(nn.Module):

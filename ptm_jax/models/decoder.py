@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ptm_jax.layers import blocks, embeddings, masks, norms
+from ptm_jax.layers import attention, blocks, embeddings, masks, norms
 from ptm_jax.layers import positions as positions_lib
 
 
@@ -107,6 +107,7 @@ class Model(nn.Module):
               attention_impl=cfg.attention_impl, **dt)
         for _ in range(cfg.num_layers)]
     self.final_norm = norms.make_norm(cfg.norm, epsilon=cfg.layer_norm_eps, **dt)
+    self.decode_cache = attention.DecodeCache()  # only used (and only has state) with use_cache
     if not cfg.tie_embeddings:
       # float32 accumulation and output without upcasting the [D, V] kernel.
       self.lm_head = nn.Dense(
@@ -129,25 +130,35 @@ class Model(nn.Module):
 
   def decode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
-             output_hidden_states: bool = False, prefix_flags: jnp.ndarray | None = None):
+             output_hidden_states: bool = False, prefix_flags: jnp.ndarray | None = None,
+             use_cache: bool = False):
     """Blocks + final norm on embeddings; returns (hidden `[B, L, D]`, hidden_states or None).
 
     As in HF, the last entry of hidden_states is the final-normed output (= hidden).
     `prefix_flags` `[B, L]` (prefix LM): flagged positions see each other bidirectionally.
+    With `use_cache` (mutable 'cache'; see `ptm_jax.decoding`) the tokens continue the cached
+    ones: causality is by cache slot and an `attention_mask` must cover all cache slots.
     """
     cfg = self.config
     # Causal by index, not by position: with packing, index order within a segment is the
     # position order, and `positions` may carry offsets.
-    causal = (masks.causal_mask(x_BLD.shape[1]) if prefix_flags is None
-              else masks.prefix_mask(prefix_flags))
-    mask = masks.combine(causal, masks.padding_mask(segment_ids),
-                         masks.segment_mask(segment_ids, segment_ids), attention_mask)
+    key_segments, cache_index = segment_ids, None
+    causal = masks.causal_mask(x_BLD.shape[1])
+    if use_cache:
+      view = self.decode_cache(segment_ids, positions)
+      cache_index, key_segments, causal = view.index, view.segment_ids, view.causal
+    if prefix_flags is not None:
+      prefix_BL = prefix_flags.astype(bool)
+      key_prefix_BS = view.place(prefix_BL) if use_cache else prefix_BL
+      causal = causal | (prefix_BL[:, None, :, None] & key_prefix_BS[:, None, None, :])
+    mask = masks.combine(causal, masks.padding_mask(key_segments),
+                         masks.segment_mask(segment_ids, key_segments), attention_mask)
     rotary = None
     if cfg.positions == 'rotary':
       rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
     states = [x_BLD]
     for layer in self.layers:
-      x_BLD = layer(x_BLD, mask, rotary, deterministic)
+      x_BLD = layer(x_BLD, mask, rotary, deterministic, None, cache_index)
       states.append(x_BLD)
     hidden_BLD = nn.with_logical_constraint(self.final_norm(x_BLD), ('batch', 'length', 'embed'))
     states[-1] = hidden_BLD
@@ -165,7 +176,7 @@ class Model(nn.Module):
                token_types: jnp.ndarray | None = None,
                attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
                output_hidden_states: bool = False,
-               prefix_flags: jnp.ndarray | None = None) -> dict[str, Any]:
+               prefix_flags: jnp.ndarray | None = None, use_cache: bool = False) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits[, hidden_states]).
 
     `token_types` is accepted for a uniform call signature and ignored; `prefix_flags` makes
@@ -176,7 +187,7 @@ class Model(nn.Module):
     hidden_BLD, states = self.decode(x_BLD, segment_ids=segment_ids, positions=positions,
                                      attention_mask=attention_mask, deterministic=deterministic,
                                      output_hidden_states=output_hidden_states,
-                                     prefix_flags=prefix_flags)
+                                     prefix_flags=prefix_flags, use_cache=use_cache)
     out = dict(hidden=hidden_BLD, logits=self.lm_logits(hidden_BLD))
     if output_hidden_states:
       out['hidden_states'] = states

@@ -256,18 +256,15 @@ class Model(nn.Module):
     With `use_cache` (mutable 'cache'), the tokens continue the cached ones (`ptm_jax.decoding`):
     causality is by cache slot, and `positions` must be given.
     """
+    if use_cache and positions is None:
+      raise ValueError('decode(use_cache=True) needs explicit positions (where the tokens sit)')
     positions = _default_positions(tokens, positions)
     x_BLD = self._embed(tokens, positions, 'decoder', deterministic)
-    length = tokens.shape[1]
     key_segments, key_positions, cache_index = segment_ids, positions, None
-    causal = masks.causal_mask(length)
+    causal = masks.causal_mask(tokens.shape[1])
     if use_cache:
-      state = self.decode_cache(segment_ids, positions)
-      cache_index = jnp.zeros((), jnp.int32)  # the sizing call: layers only create buffers
-      if state is not None:
-        cache_index, key_segments, key_positions = state
-        query_slot_L = cache_index + jnp.arange(length)
-        causal = (query_slot_L[:, None] >= jnp.arange(key_segments.shape[1])[None, :])[None, None]
+      view = self.decode_cache(segment_ids, positions)
+      cache_index, key_segments, key_positions, causal = view
     mask = masks.combine(causal, masks.padding_mask(key_segments),
                          masks.segment_mask(segment_ids, key_segments))
     cross_mask = masks.combine(masks.padding_mask(encoder_segment_ids),
