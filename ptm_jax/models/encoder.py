@@ -3,9 +3,10 @@
 Embeddings (token + learned position + token type) -> LayerNorm -> dropout -> post-LN blocks,
 then an MLM head tied to the token embeddings, a tanh pooler over the first token and an NSP head.
 Parameter names follow `docs/contracts.md`: token_embed, position_embed, type_embed, embed_norm,
-[embed_project,] layers_{i}, mlm_head, pooler, nsp_head[, rtd_head]. The two optional ones exist
-for ELECTRA checkpoints: a factorised embedding (`embedding_size` E < H) and the discriminator's
-replaced-token-detection head (`rtd_head=True`).
+[embed_project,] layers_{i}, mlm_head, pooler, nsp_head[, rtd_head][, mlm_decoder]. Two optional
+ones exist for ELECTRA checkpoints: a factorised embedding (`embedding_size` E < H) and the
+discriminator's replaced-token-detection head (`rtd_head=True`); `mlm_decoder` is the untied MLM
+output table (`tie_embeddings=False`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class Config:
   # ELECTRA-Small). None = embed_dim.
   embedding_size: int | None = None
   rtd_head: bool = False  # ELECTRA's replaced-token detection (`rtd_logits`; HF discriminators)
+  # False: the MLM head reads its own [V, E] output table (`mlm_decoder`) instead of the input
+  # embeddings (decoupled embeddings, Chung et al. 2021): a rare word's input vector then moves only
+  # when the word is seen, not with every softmax over the vocabulary.
+  tie_embeddings: bool = True
   position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
   block_position_embeddings: bool = False  # GLM: a second learned table (position inside a span)
   layer_norm_eps: float = 1e-12
@@ -153,6 +158,9 @@ class Model(nn.Module):
         for _ in range(cfg.num_layers)]
     self.mlm_head = (MLMHead(cfg) if width == cfg.embed_dim
                      else MLMHead(cfg, width=width, axes=('embed', None)))
+    if not cfg.tie_embeddings:
+      self.mlm_decoder = embeddings.Embed(cfg.vocab_size, width, init_stddev=cfg.initializer_range,
+                                          **dt)
     dense = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
     self.pooler = mlp.dense(cfg.embed_dim, ('embed', 'mlp'), **dense)
     self.nsp_head = mlp.dense(2, ('embed', None), **dense)
@@ -191,7 +199,8 @@ class Model(nn.Module):
 
   def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """Float32 MLM logits `[B, L, V]` from the last hidden state."""
-    return self.mlm_head(hidden_BLD, self.token_embed.attend)
+    table = self.token_embed if self.config.tie_embeddings else self.mlm_decoder
+    return self.mlm_head(hidden_BLD, table.attend)
 
   def pool(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """BERT pooler: tanh(dense(first token)) -> `[B, D]`."""
