@@ -2,7 +2,7 @@
 beam search with a length penalty, for `decoder` and `encdec` models, each one jitted
 `lax.while_loop`.
 
-  out = decoding.generate(model, params, {'tokens': t_BP, 'segment_ids': s_BP}, options)    # decoder
+  out = decoding.generate(model, params, {'tokens': t_BP, 'segment_ids': s_BP}, options)  # decoder
   out = decoding.generate(model, params, {'encoder_tokens': e_BL,
                                           'encoder_segment_ids': s_BL}, options)           # encdec
   # out['tokens'] [B, max_new_tokens] (pad after EOS), out['lengths'] [B], out['scores'] [B]
@@ -103,7 +103,8 @@ def filter_logits(logits_BV: jnp.ndarray, *, top_k: int = 0, top_p: float = 1.0)
 
 # ---- model adapters: prefill (cache + first logits) and one cached step ----------------------
 
-def _is_encdec(model) -> bool:
+def is_encoder_decoder(model) -> bool:
+  """Whether `model` is of the encdec family (encoder input + decoder start) or a decoder."""
   from ptm_jax.models import encdec
   return isinstance(model.config, encdec.Config)
 
@@ -148,7 +149,7 @@ def _prefill(model, params, inputs: dict, options: Options):
   `extras` are per-row arrays the step reads (the encoder output), repeated for beams.
   """
   n = options.max_new_tokens
-  if _is_encdec(model):
+  if is_encoder_decoder(model):
     enc_tokens, enc_seg = inputs['encoder_tokens'], inputs['encoder_segment_ids']
     b = enc_tokens.shape[0]
     encoded = model.apply({'params': params}, enc_tokens, segment_ids=enc_seg, method='encode')
@@ -312,14 +313,14 @@ def generate(model, params, inputs: dict[str, Any], options: Options = Options()
   """
   if isinstance(params, dict) and set(params) == {'params'}:
     params = params['params']
-  want = ('encoder_tokens', 'encoder_segment_ids') if _is_encdec(model) else ('tokens',
-                                                                            'segment_ids')
+  want = (('encoder_tokens', 'encoder_segment_ids') if is_encoder_decoder(model)
+          else ('tokens', 'segment_ids'))
   missing = [k for k in want if k not in inputs]
   if missing:
     raise ValueError(f'generate needs inputs {", ".join(want)}; missing {", ".join(missing)}')
   inputs = {k: jnp.asarray(inputs[k], jnp.int32) for k in want}
   cfg = model.config
-  if _is_encdec(model):
+  if is_encoder_decoder(model):
     if cfg.positions == 'learned' and options.max_new_tokens + 1 > cfg.max_position_embeddings:
       raise ValueError(f'max_new_tokens={options.max_new_tokens} exceeds the decoder\'s '
                        f'{cfg.max_position_embeddings} positions')

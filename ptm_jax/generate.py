@@ -1,75 +1,58 @@
-"""Greedy decoding with an imported (or trained) decoder.
+"""Text generation with an imported (or trained) decoder or encoder–decoder, KV-cached.
 
   python -m ptm_jax.generate --pretrained PATH --prompt "What is the capital of France?" \
-      [--max_new_tokens 64] [--no_chat_template]
+      [--max_new_tokens 64] [--no_chat_template] [--strategy greedy|sample|beam] \
+      [--num_beams 4] [--length_penalty 1.0] [--temperature 1.0] [--top_k 0] [--top_p 1.0] \
+      [--seed 0]
 
-PATH is anything `ptm_jax.interop.load_pretrained` reads (HF dir, .gguf, ptm_jax dir). The prompt
-goes through the tokenizer's chat template when it has one. Decoding is one jitted
-`lax.while_loop` over a static `[1, L]` token buffer that recomputes the full forward pass at each
-step (no KV cache yet) and stops at EOS or after `max_new_tokens`.
+PATH is anything `ptm_jax.interop.load_pretrained` reads (HF dir, .gguf, ptm_jax dir). For a
+decoder the prompt goes through the tokenizer's chat template when it has one; for an
+encoder–decoder (T5, BART) the prompt is the encoder input and the decoder starts from the
+model's `decoder_start_id`. Decoding is `ptm_jax.decoding` (one jitted `lax.while_loop` over a
+KV cache); it stops at EOS or after `max_new_tokens`.
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-_BUCKET = 32  # buffer lengths are rounded up to this, so nearby prompt lengths share a compile
+from ptm_jax import decoding
+
+_BUCKET = 32  # prompt lengths are rounded up to this, so nearby lengths share a compile
 
 
-def _next_logits(module, tokens_BL, index):
-  """Float32 logits `[B, V]` of the token after position `index` (one-position LM head)."""
-  positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1], dtype=jnp.int32), tokens_BL.shape)
-  x_BLD = module.embed(tokens_BL, positions=positions_BL)
-  hidden_BLD, _ = module.decode(x_BLD, segment_ids=jnp.ones_like(tokens_BL), positions=positions_BL)
-  last_B1D = jax.lax.dynamic_slice_in_dim(hidden_BLD, index, 1, axis=1)
-  return module.lm_logits(last_B1D)[:, 0]
-
-
-@functools.partial(jax.jit, static_argnames=('model',))
-def _greedy(model, params, tokens_1L, prompt_len, max_len, eos_ids_E):
-  """Fills `tokens_1L` from `prompt_len` to at most `max_len` (exclusive) greedily; returns (buffer, end)."""
-
-  def cond(state):
-    _, cur, done = state
-    return jnp.logical_and(cur < max_len, jnp.logical_not(done))
-
-  def body(state):
-    tokens, cur, _ = state
-    # Causal attention: positions >= cur (still padding) cannot influence position cur - 1.
-    logits_1V = model.apply({'params': params}, tokens, cur - 1, method=_next_logits)
-    nxt = jnp.argmax(logits_1V[0]).astype(jnp.int32)
-    tokens = jax.lax.dynamic_update_slice(tokens, nxt.reshape(1, 1), (0, cur))
-    return tokens, cur + 1, jnp.any(nxt == eos_ids_E)
-
-  tokens, end, _ = jax.lax.while_loop(cond, body, (tokens_1L, prompt_len, jnp.array(False)))
-  return tokens, end
+def generate_ids(model, params, prompts: Sequence[Sequence[int]],
+                 options: decoding.Options = decoding.Options(), *,
+                 rng: jax.Array | None = None) -> list[list[int]]:
+  """New ids for each prompt (the EOS included if reached); a batch shares one compile."""
+  prompts = [[int(i) for i in p] for p in prompts]
+  if not prompts or any(not p for p in prompts):
+    raise ValueError('generation needs non-empty prompts')
+  if decoding.is_encoder_decoder(model):
+    width = -(-max(len(p) for p in prompts) // _BUCKET) * _BUCKET
+    tokens = np.full((len(prompts), width), options.pad_id, np.int32)
+    segment_ids = np.zeros_like(tokens)
+    for row, p in enumerate(prompts):
+      tokens[row, :len(p)], segment_ids[row, :len(p)] = p, 1
+    inputs = {'encoder_tokens': tokens, 'encoder_segment_ids': segment_ids}
+  else:
+    inputs = decoding.left_pad(prompts, options.pad_id, bucket=_BUCKET)
+  out = decoding.generate(model, params, inputs, options, rng=rng)
+  tokens, lengths = np.asarray(out['tokens']), np.asarray(out['lengths'])
+  return [[int(t) for t in tokens[row, :lengths[row]]] for row in range(len(prompts))]
 
 
 def greedy_generate(model, params, prompt_ids: Sequence[int], *, max_new_tokens: int = 64,
                     eos_ids: Sequence[int] = (), pad_id: int = 0) -> list[int]:
   """Greedy continuation of `prompt_ids` (new ids only, the EOS included if reached)."""
-  prompt_ids = [int(i) for i in prompt_ids]
-  if not prompt_ids:
-    raise ValueError('greedy_generate needs a non-empty prompt')
-  n = len(prompt_ids)
-  total = n + max_new_tokens
-  limit = getattr(model.config, 'max_position_embeddings', total)
-  if getattr(model.config, 'positions', 'learned') == 'learned' and total > limit:
-    raise ValueError(f'prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds the model\'s '
-                     f'{limit} positions')
-  length = -(-total // _BUCKET) * _BUCKET
-  buf = np.full((1, length), pad_id, np.int32)
-  buf[0, :n] = prompt_ids
-  eos = np.asarray(list(eos_ids) or [-1], np.int32)
-  tokens, end = _greedy(model, params, jnp.asarray(buf), jnp.int32(n), jnp.int32(total),
-                        jnp.asarray(eos))
-  return [int(t) for t in np.asarray(tokens)[0, n:int(end)]]
+  options = decoding.Options(max_new_tokens=max_new_tokens, eos_ids=tuple(eos_ids),
+                             pad_id=pad_id)
+  return generate_ids(model, params, [prompt_ids], options)[0]
 
 
 def chat_prompt(pretrained, prompt: str, *, use_template: bool = True) -> list[int]:
@@ -92,16 +75,26 @@ def chat_prompt(pretrained, prompt: str, *, use_template: bool = True) -> list[i
 
 
 def generate(pretrained, prompt: str, *, max_new_tokens: int = 64,
-             use_chat_template: bool = True) -> str:
-  """The decoded greedy answer to `prompt` (special tokens and the final EOS removed)."""
-  if pretrained.family != 'decoder':
-    raise ValueError(f'generation needs a decoder; {pretrained.info.get("source")} is a '
-                     f'{pretrained.family}')
+             use_chat_template: bool = True, options: decoding.Options | None = None,
+             seed: int = 0) -> str:
+  """The decoded answer to `prompt` (special tokens and the final EOS removed).
+
+  `options` (strategy, beams, sampling) defaults to greedy with `max_new_tokens`; its EOS ids
+  and pad id default to the model's.
+  """
+  if pretrained.family not in ('decoder', 'encdec'):
+    raise ValueError(f'generation needs a decoder or an encoder-decoder; '
+                     f'{pretrained.info.get("source")} is a {pretrained.family}')
   eos = list(pretrained.info.get('eos_ids') or [])
   ids = chat_prompt(pretrained, prompt, use_template=use_chat_template)
-  new = greedy_generate(pretrained.model, pretrained.params, ids, max_new_tokens=max_new_tokens,
-                        eos_ids=eos, pad_id=pretrained.tokenizer.specials.pad)
-  if new and new[-1] in eos:
+  options = options or decoding.Options(max_new_tokens=max_new_tokens)
+  if not options.eos_ids and eos:
+    options = dataclasses.replace(options, eos_ids=tuple(eos))
+  pad = getattr(pretrained.tokenizer.specials, 'pad', 0)
+  options = dataclasses.replace(options, pad_id=pad)
+  new = generate_ids(pretrained.model, pretrained.params, [ids], options,
+                     rng=jax.random.key(seed))[0]
+  if new and new[-1] in options.eos_ids:
     new = new[:-1]
   backend = getattr(pretrained.tokenizer, 'backend', None)
   if backend is not None:
@@ -117,9 +110,20 @@ def main(argv: list[str] | None = None) -> int:
                       help='a prompt (repeat the flag for several)')
   parser.add_argument('--max_new_tokens', type=int, default=64)
   parser.add_argument('--no_chat_template', action='store_true')
+  parser.add_argument('--strategy', default='greedy', choices=decoding.STRATEGIES)
+  parser.add_argument('--num_beams', type=int, default=4)
+  parser.add_argument('--length_penalty', type=float, default=1.0)
+  parser.add_argument('--temperature', type=float, default=1.0)
+  parser.add_argument('--top_k', type=int, default=0)
+  parser.add_argument('--top_p', type=float, default=1.0)
+  parser.add_argument('--seed', type=int, default=0, help='sampling seed')
   args = parser.parse_args(argv)
   from ptm_jax import interop
   try:
+    options = decoding.Options(
+        max_new_tokens=args.max_new_tokens, strategy=args.strategy, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p)
     pre = interop.load_pretrained(args.pretrained)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -128,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {args.pretrained} has no tokenizer', file=sys.stderr)
     return 1
   for prompt in args.prompt:
-    answer = generate(pre, prompt, max_new_tokens=args.max_new_tokens,
-                      use_chat_template=not args.no_chat_template)
+    answer = generate(pre, prompt, use_chat_template=not args.no_chat_template,
+                      options=options, seed=args.seed)
     print(f'>>> {prompt}\n{answer}\n', flush=True)
   return 0
 

@@ -79,8 +79,9 @@ def test_relative_buckets_match_hf(bidirectional, buckets, max_distance):
   torch = pytest.importorskip('torch')
   from transformers.models.t5.modeling_t5 import T5Attention
   rel = np.arange(-300, 301)
-  ours = positions.relative_position_bucket(jnp.asarray(rel, jnp.int32), bidirectional=bidirectional,
-                                            num_buckets=buckets, max_distance=max_distance)
+  ours = positions.relative_position_bucket(jnp.asarray(rel, jnp.int32),
+                                            bidirectional=bidirectional, num_buckets=buckets,
+                                            max_distance=max_distance)
   theirs = T5Attention._relative_position_bucket(torch.tensor(rel), bidirectional=bidirectional,
                                                  num_buckets=buckets, max_distance=max_distance)
   np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())

@@ -93,7 +93,7 @@ class DecodeCache(nn.Module):
 
 
 class Attention(nn.Module):
-  """Self- or cross-attention with q/k/v/out `DenseGeneral` projections, RoPE, GQA and a KV cache."""
+  """Self-/cross-attention: q/k/v/out `DenseGeneral` projections, RoPE, GQA and a KV cache."""
 
   num_heads: int
   head_dim: int
@@ -124,7 +124,7 @@ class Attention(nn.Module):
     if self.num_heads % num_kv:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={num_kv}')
     if kv_BSD is not None and rotary is not None:
-      raise ValueError('rotary positions apply to self-attention only; pass rotary=None with kv_BSD')
+      raise ValueError('rotary applies to self-attention only; pass rotary=None with kv_BSD')
 
     def proj(heads: int, name: str, std: float | None = None) -> nn.DenseGeneral:
       return nn.DenseGeneral(

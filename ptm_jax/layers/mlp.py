@@ -1,4 +1,4 @@
-"""Feed-forward blocks: a classic activation MLP (BERT/GPT-2/T5) and a gated one (Llama, T5 v1.1)."""
+"""Feed-forward blocks: an activation MLP (BERT/GPT-2/T5) and a gated one (Llama, T5 v1.1)."""
 from __future__ import annotations
 
 import functools

@@ -71,7 +71,7 @@ class Config:
   logits_bias: bool = False  # BART final_logits_bias
   dropout_rate: float = 0.1  # embeddings, residual branches (and T5's stack outputs)
   attention_dropout_rate: float = 0.1  # T5 drops attention probabilities with dropout_rate
-  mlp_dropout_rate: float = 0.1  # after the MLP activation (T5 dropout_rate, BART activation_dropout)
+  mlp_dropout_rate: float = 0.1  # after the MLP activation (BART: activation_dropout)
   init: str = 't5'  # 't5' (HF/Mesh TF scheme: fan-in scaled, query / sqrt(head_dim)) | 'normal'
   initializer_range: float = 0.02  # std of every weight with init='normal' (BART init_std)
   decoder_start_id: int = 0  # first decoder input when generating (T5: pad = 0; BART: eos = 2)

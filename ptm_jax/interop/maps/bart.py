@@ -51,7 +51,8 @@ def _matches(cfg) -> bool:
 
 def _config_to_hf(cfg) -> dict:
   require(_matches(cfg), 'only learned-position, post-LN, biased, tied encdec configs are BART')
-  require(cfg.position_offset == 2, f'BART position tables have offset 2, not {cfg.position_offset}')
+  require(cfg.position_offset == 2,
+          f'BART position tables have offset 2, not {cfg.position_offset}')
   require(cfg.layer_norm_eps == _EPS, f'BART LayerNorm epsilon is fixed at {_EPS}')
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),
           f'head_dim={cfg.head_dim} != embed_dim / num_heads has no BART equivalent')
