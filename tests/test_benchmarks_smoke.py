@@ -1,0 +1,110 @@
+"""benchmarks/throughput.py: the FLOP model, the batch search, the attention check, and a tiny
+CPU run of both sides (ours and the HF PyTorch reference) end to end."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import throughput  # noqa: E402
+
+
+def test_flop_model_reproduces_the_issue_reference_mfu():
+  # Issue 7 quotes the H100 reference: BERT-base ~287k tokens/s = 21 % MFU, GPT-2 small ~293k
+  # tokens/s = 25 % MFU, both against 989 TFLOP/s: the formula must give the same percentages.
+  bert = throughput.model_dims("encoder", "base", {})
+  gpt = throughput.model_dims("decoder", "small", {})
+  fpt_bert, n_bert = throughput.flops_per_token("encoder", bert, 512)
+  fpt_gpt, n_gpt = throughput.flops_per_token("decoder", gpt, 1024)
+  # N by hand: 12 layers x (4 D^2 + 2 D 4D) + D V (+ D^2 MLM transform for BERT).
+  assert n_bert == 12 * 12 * 768 ** 2 + 768 * 30522 + 768 ** 2
+  assert n_gpt == 12 * 12 * 768 ** 2 + 768 * 50257
+  assert fpt_bert == 6 * n_bert + 12 * 12 * 512 * 768
+  assert fpt_gpt == 6 * n_gpt + 12 * 12 * 1024 * 768
+  assert round(287e3 * fpt_bert / 989e12, 2) == 0.21
+  assert round(293e3 * fpt_gpt / 989e12, 2) == 0.25
+  assert throughput.datasheet_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert throughput.datasheet_tflops("NVIDIA H100 PCIe") == 756.0
+  assert throughput.datasheet_tflops("cpu") is None
+
+
+def test_max_batch_search_doubles_then_tries_the_midpoint(monkeypatch):
+  args = throughput.parse_args(["--tiny", "--max_batch", "--max_batch_limit", "16"])
+  seen = []
+
+  def fake_fits(spec, side, batch, args, budget_left, log_dir):
+    seen.append((side, batch))
+    limit = 24 if side == "ours" else 9
+    return dict(batch=batch, fits=batch <= limit, peak_memory_bytes=None, error=None)
+
+  monkeypatch.setattr(throughput, "_fits", fake_fits)
+  spec = dict(kind="max_batch", workload=throughput.workload_spec("gpt2_small", args))
+  ours, ref = throughput.max_batch_search(spec, args, lambda: 1e9, "unused")
+  assert [b for s, b in seen if s == "ours"] == [4, 8, 16, 32, 24]
+  assert (ours["largest_fitting"], ours["first_failing"], ours["capped"]) == (24, 32, False)
+  assert [b for s, b in seen if s == "reference"] == [4, 8, 16, 12]
+  assert (ref["largest_fitting"], ref["first_failing"]) == (8, 16)
+
+
+def test_attention_check_code_path_on_cpu():
+  # On CPU the candidate is XLA itself: identical to the XLA path, and within tolerance.
+  import throughput_ours
+  out = throughput_ours.cudnn_check(seed=0, b=4, t=32, n=2, h=8, candidate="xla")
+  assert [c["mask"] for c in out["cases"]] == ["padding", "causal+padding", "causal+packed"]
+  for case in out["cases"]:
+    assert "error" not in case, case
+    assert case["out_max_abs_diff"] == 0.0 and case["grad_max_abs_diff"] == 0.0
+    assert 0.0 < case["out_err_xla"] < 0.05 and 0.0 < case["grad_err_xla"] < 0.5
+    assert case["within_tolerance"]
+
+
+def test_tiny_run_both_sides_writes_json_and_table(tmp_path):
+  out = tmp_path / "results.json"
+  # Compilation dominates a tiny CPU run: LLVM's cheap settings cut it by about a third.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUMPY_RANK_PROMOTION="raise",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+             "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/throughput.py", "--tiny", "--steps", "2", "--warmup", "1",
+       "--windows", "1", "--workloads", "bert_base,gpt2_small", "--numerics", "--out", str(out)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  data = json.loads(out.read_text())
+  assert data["meta"]["tiny"] and data["checks"]["backend"] == "cpu"
+  assert data["checks"]["matmul"]["tflops_best"] > 0
+  assert "no GPU" in data["checks"]["cudnn_vs_xla"]["skipped"]
+  assert any("compile" in note for note in data["skipped"])  # torch.compile: GPU only
+  assert not data["errors"]
+  rows = {(r["workload"], r["side"]): r for r in data["rows"]}
+  assert set(rows) == {(w, s) for w in ("bert_base", "gpt2_small") for s in ("ours", "reference")}
+  for (workload, side), r in rows.items():
+    assert "error" not in r, r
+    assert r["tokens_per_s"] > 0 and r["batch"] == 4 and r["seq_len"] == 64
+    assert math.isfinite(r["loss"]) and abs(r["loss"] - math.log(512)) < 1.0  # ~uniform at init
+    fpt, _ = throughput.flops_per_token(r["family"], r["dims"], 64)
+    assert r["flops_per_token"] == fpt and r["mfu_measured"] > 0
+  # Both sides build the same network: GPT-2 parameter for parameter; ours' BERT also holds
+  # the pooler and NSP head (D^2 + D + 2 D + 2), which HF's BertForMaskedLM leaves out.
+  d = 64  # throughput.TINY's width
+  assert rows[("gpt2_small", "ours")]["num_params"] == rows[("gpt2_small", "reference")]["num_params"]
+  assert (rows[("bert_base", "ours")]["num_params"] - rows[("bert_base", "reference")]["num_params"]
+          == d * d + d + 2 * d + 2)
+  assert rows[("bert_base", "ours")]["variant"] == "attn=default"  # auto -> XLA off GPU
+  assert rows[("gpt2_small", "ours")]["xla_flops_per_step"] > 0
+  assert {s["workload"] for s in data["summary"]} == {"bert_base", "gpt2_small"}
+  assert all(s["speedup"] > 0 for s in data["summary"])
+  # bf16 vs fp32 on one batch: close, and not identical (the bf16 path really is bf16).
+  assert len(data["numerics"]) == 2
+  for n in data["numerics"]:
+    assert "error" not in n, n
+    assert 0 < n["rel_loss_diff"] < 1e-2 and 0 < n["rel_grad_diff"] < 5e-2
+  table = proc.stdout
+  assert "| workload | B×T | side | variant | tokens/s |" in table
+  assert "| bert_base | 4×64 | ours | attn=default |" in table
+  assert "| gpt2_small | 4×64 | reference | eager |" in table
+  assert "not a performance number" in table and "speed-up" in table
