@@ -8,9 +8,14 @@ budget (`reference_steps` steps of the reference). `run.run` hands such a config
      (`member_config`);
   2. its training FLOPs per step come from `ptm_jax.flops`, and it trains
      floor(budget / FLOPs per step) steps, so cheaper objectives run more steps (`plan`);
-  3. each pretrained encoder is fine-tuned on every downstream task and seed
-     (`tasks.finetune.run_one`); the random-init baseline runs once per task and seed;
-  4. a markdown table, a bar plot and a JSON file land in the workdir.
+  3. each pretrained model is fine-tuned on every downstream task and seed
+     (`tasks.finetune.run_one`; generation tasks decode and score ROUGE); the random-init baseline
+     (the reference member's architecture) runs once per task and seed;
+  4. a markdown table, a bar plot and a JSON file (`comparison.output_name`) land in the workdir.
+Members of different families (experiments/compare_seq2seq.py: encoder-decoders next to single
+stacks) take the shared width from the comparison config and their depth from
+`comparison.member_model` (per-member model fields applied last); `comparison.member_objective`
+sets per-member objective options (a variant of one experiment, e.g. T5 with i.i.d. noise).
 Every run lives in its own directory (workdir/<member>/pretrain, workdir/<member>/<task>/...,
 workdir/random/<task>/...), so a rerun of the same command resumes where it stopped.
 """
@@ -34,18 +39,20 @@ from ptm_jax import flops as flops_lib
 from ptm_jax import models
 from ptm_jax import train
 from ptm_jax.data import tokenizers
+from ptm_jax.data.sources import downstream
 from ptm_jax.tasks import finetune
 
 # Fields every member takes from the comparison config (the encoder size and precision).
-SHARED_MODEL_FIELDS = ('num_layers', 'embed_dim', 'num_heads', 'head_dim', 'mlp_dim', 'dtype',
-                       'param_dtype', 'remat', 'attention_impl')
+SHARED_MODEL_FIELDS = ('num_layers', 'num_encoder_layers', 'num_decoder_layers', 'embed_dim',
+                       'num_heads', 'head_dim', 'mlp_dim', 'dtype', 'param_dtype', 'remat',
+                       'attention_impl')
 # The corpus, row length and the data order; each member keeps its own row recipe
 # (pairs, cross_document, annotations, bos/eos).
 SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed', 'num_threads',
                       'num_shards')
 SHARED_TRAIN_FIELDS = ('batch_size', 'grad_accum', 'log_every', 'eval_batches', 'eval_batch_size',
                        'eval_split')
-OUTPUT_NAME = 'compare_encoders'
+OUTPUT_NAME = 'compare_encoders'  # the default of comparison.output_name
 _SCORED_TEXT = {'expected': 'mask_rate x seq_len positions', 'slab': "the objective's static slab"}
 
 
@@ -90,6 +97,16 @@ def member_config(config, name: str) -> ml_collections.ConfigDict:
                                        + int(cfg.model.get('position_offset', 0)))
   if cfg.model.family == 'albert':
     cfg.model.embedding_size = int(cmp.albert_embedding_size or config.model.embed_dim // 4)
+  for field, value in cmp.get('member_model', {}).get(name, {}).items():
+    if field not in cfg.model:
+      raise ValueError(f'comparison.member_model.{name}.{field}: {cfg.model.family} has no field '
+                       f'{field!r}')
+    cfg.model[field] = value
+  for field, value in cmp.get('member_objective', {}).get(name, {}).items():
+    if field not in cfg.objective:
+      raise ValueError(f'comparison.member_objective.{name}.{field}: objective '
+                       f'{cfg.objective.name!r} has no option {field!r}')
+    cfg.objective[field] = value
   for field in SHARED_DATA_FIELDS:
     cfg.data[field] = config.data[field]
   cfg.data.tokenizer = _copy(config.data.tokenizer)  # one tokenizer: same source, same settings
@@ -155,8 +172,13 @@ def plan(config, vocab_size: int) -> tuple[list[Member], float]:
   return members, budget
 
 
+def output_name(config) -> str:
+  """Base name of the comparison's md / png / json files."""
+  return str(config.comparison.get('output_name', OUTPUT_NAME))
+
+
 def encoder_params(cfg, vocab_size: int) -> int:
-  """Parameters of the encoder a fine-tune starts from (ELECTRA: the discriminator)."""
+  """Parameters of the model a fine-tune starts from (ELECTRA: the discriminator)."""
   fields = {k: v for k, v in cfg.model.items() if k not in ('family', 'variant') and v is not None}
   fields['vocab_size'] = vocab_size
   model = models.build(cfg.model.family, cfg.model.variant, **fields)
@@ -250,20 +272,49 @@ def _finetune_all(config, workdir, members: list[Member]) -> list[dict[str, Any]
   return rows
 
 
-def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-  """{member: {task: {mean, std, n, dev_mean}}} of test accuracy at the best-dev evaluation."""
-  out: dict[str, dict[str, dict[str, float]]] = {}
+ROUGE_COLUMNS = (('rouge1', 'ROUGE-1'), ('rouge2', 'ROUGE-2'), ('rougeL', 'ROUGE-L'))
+
+
+def _stats(values) -> dict[str, float]:
+  vals = np.asarray(values, np.float64)
+  return dict(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if vals.size > 1 else 0.0)
+
+
+def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+  """{member: {task: {mean, std, n, dev_mean, metric}}} of the test score at the selected
+  evaluation (accuracy; entity F1 for tagging; ROUGE-L F for generation, whose entries also hold
+  rouge1 / rouge2 / rougeL: {mean, std})."""
+  out: dict[str, dict[str, dict[str, Any]]] = {}
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in rows:
     if not r['preempted']:
       groups.setdefault((r['member'], r['task']), []).append(r)
   for (member, task), rs in groups.items():
-    test = np.asarray([r['test_accuracy'] for r in rs], np.float64)
-    dev = np.asarray([r['dev_accuracy'] for r in rs], np.float64)
-    out.setdefault(member, {})[task] = dict(
-        mean=float(test.mean()), std=float(test.std(ddof=1)) if test.size > 1 else 0.0,
-        n=int(test.size), dev_mean=float(dev.mean()))
+    test = [r.get('test_score', r['test_accuracy']) for r in rs]
+    dev = [r.get('dev_score', r['dev_accuracy']) for r in rs]
+    entry = dict(_stats(test), n=len(rs), dev_mean=float(np.mean(dev)),
+                 metric=rs[0].get('metric', 'accuracy'))
+    for key, _ in ROUGE_COLUMNS:
+      if f'test_{key}' in rs[0]:
+        entry[key] = _stats([r[f'test_{key}'] for r in rs])
+    out.setdefault(member, {})[task] = entry
   return out
+
+
+def _columns(tasks: list[str]) -> list[tuple[str, str, str | None]]:
+  """(header, task, key) per score column: a task's score, or ROUGE-1/2/L of a generation task."""
+  cols = []
+  for task in tasks:
+    if downstream.task_info(task).kind == 'generation':
+      cols += [(f'{task} {label}', task, key) for key, label in ROUGE_COLUMNS]
+    else:
+      cols.append((task, task, None))
+  return cols
+
+
+def _score(accuracy, member: str, task: str, key: str | None) -> dict[str, float] | None:
+  entry = accuracy.get(member, {}).get(task)
+  return entry if entry is None or key is None else entry.get(key)
 
 
 def _fmt_acc(acc: dict[str, float] | None) -> str:
@@ -272,33 +323,65 @@ def _fmt_acc(acc: dict[str, float] | None) -> str:
   return f'{acc["mean"]:.3f} ± {acc["std"]:.3f}'
 
 
+def _model_text(config, members: list[Member]) -> str:
+  """'one 2-layer 64-wide encoder' or, across families, each stack's depth and its members."""
+  stacks: dict[str, list[str]] = {}
+  for m in members:
+    mc = m.config.model
+    stack = (f'{mc.num_encoder_layers}+{mc.num_decoder_layers}-layer encoder-decoder'
+             if mc.family == 'encdec' else f'{mc.num_layers}-layer {mc.family}')
+    stacks.setdefault(stack, []).append(m.name)
+  if len(stacks) == 1:
+    return f'one {next(iter(stacks))} {config.model.embed_dim} wide'
+  return f'width {config.model.embed_dim}: ' + '; '.join(
+      f'{stack} ({", ".join(names)})' for stack, names in stacks.items())
+
+
+def _score_text(config, tasks: list[str]) -> str:
+  kinds = {downstream.task_info(t).kind for t in tasks}
+  parts = []
+  if kinds - {'generation'}:
+    parts.append('test accuracy (entity F1 for tagging) at the best-dev evaluation')
+  if 'generation' in kinds:
+    decode = finetune.downstream_field(config, 'decode_strategy')
+    if decode == 'beam':
+      decode += (f' {finetune.downstream_field(config, "num_beams")}, length penalty '
+                 f'{finetune.downstream_field(config, "length_penalty")}')
+    examples = int(finetune.downstream_field(config, 'generation_examples'))
+    parts.append(f'ROUGE-1/2/L F of the titles decoded ({decode}) at the lowest-dev-loss '
+                 f'evaluation, {"the first " + str(examples) if examples else "all"} test articles')
+  return '; '.join(parts)
+
+
 def markdown(config, members: list[Member], results, accuracy, *, preempted: bool) -> str:
   """The comparison table (+ the FLOPs-per-token breakdown) as markdown."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
   seeds = list(finetune.downstream_field(config, 'seeds'))
+  cols = _columns(tasks)
   cmp = config.comparison
   budget = next(m.flops_per_step for m in members if m.name == cmp.reference) * int(
       cmp.reference_steps)
   eval_loss = any('eval/loss' in results.get(m.name, {}).get('eval', {}) for m in members)
+  generation = any(key for _, _, key in cols)
   lines = [
-      f'# {config.report.title or "Equal-compute encoder comparison"}', '',
-      f'{len(members)} objectives, one {config.model.num_layers}-layer {config.model.embed_dim}-wide '
-      f'encoder, `{config.data.source}`, {config.data.seq_len}-token rows of batch '
+      f'# {config.report.title or "Equal-compute comparison"}', '',
+      f'{len(members)} objectives, {_model_text(config, members)}, `{config.data.source}`, '
+      f'{config.data.seq_len}-token rows of batch '
       f'{config.train.batch_size}; budget {budget:.3e} training FLOPs each '
       f'(= {cmp.reference_steps} steps of `{cmp.reference}`; sparse vocabulary projections '
-      f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}). Downstream: test accuracy at the '
-      f'best-dev evaluation, mean ± std over seeds {tuple(seeds)}, '
+      f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}). Downstream: '
+      f'{_score_text(config, tasks)}; mean ± std over seeds {tuple(seeds)}, '
       f'{finetune.downstream_field(config, "steps")} fine-tuning steps.', '',
-      '| objective | params (pretrain) | params (encoder) | FLOPs / token | pretrain steps | '
+      '| objective | params (pretrain) | params (fine-tuned) | FLOPs / token | pretrain steps | '
       'pretrain FLOPs | final loss (train' + (' / eval' if eval_loss else '') + ') | '
-      + ' | '.join(tasks) + ' |',
-      '|---|' + '---|' * (6 + len(tasks)),
+      + ' | '.join(header for header, _, _ in cols) + ' |',
+      '|---|' + '---|' * (6 + len(cols)),
   ]
   for name in ['random', *[m.name for m in members]]:
     r = results.get(name)
     if r is None:
       continue
-    acc = [_fmt_acc(accuracy.get(name, {}).get(t)) for t in tasks]
+    acc = [_fmt_acc(_score(accuracy, name, task, key)) for _, task, key in cols]
     if name == 'random':
       lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | — | '
                    + ' | '.join(acc) + ' |')
@@ -310,44 +393,52 @@ def markdown(config, members: list[Member], results, accuracy, *, preempted: boo
         f'| {r["label"]} | {r["params_pretrain"] / 1e6:.2f}M | {r["params_encoder"] / 1e6:.2f}M | '
         f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | {r["flops"]:.3e} | {loss} | '
         + ' | '.join(acc) + ' |')
-  parts = ('blocks', 'embed_project', 'mlm_head', 'pair_head', 'sbo_head', 'generator', 'rtd_head')
+  parts = [p for p in dict.fromkeys(k for m in members for k in m.flops_breakdown)
+           if p != 'total' and any(m.flops_breakdown.get(p) for m in members)]
   lines += ['', 'Training FLOPs per token by part (ptm_jax/flops.py; forward + backward, '
             'matmuls only):', '',
             '| objective | ' + ' | '.join(parts) + ' | total |', '|---|' + '---|' * (len(parts) + 1)]
   for m in members:
     b = m.flops_breakdown
-    lines.append(f'| {m.name} | ' + ' | '.join(f'{b[p]:.3g}' if b[p] else '0' for p in parts)
+    lines.append(f'| {m.name} | ' + ' | '.join(f'{b[p]:.3g}' if b.get(p) else '0' for p in parts)
                  + f' | {b["total"]:.4g} |')
-  lines += ['', 'Final loss is each objective\'s own training loss (MLM+NSP adds the NSP term, '
-            'SpanBERT the SBO term, ELECTRA is L_MLM(generator) + 50 L_disc): it is comparable '
-            'across runs of one objective, not across objectives.']
+  note = ('Final loss is each objective\'s own training loss: it is comparable across runs of one '
+          'objective, not across objectives')
+  if any(m.config.objective.name in ('mlm_nsp', 'spanbert', 'electra') for m in members):
+    note += (' (MLM+NSP adds the NSP term, SpanBERT the SBO term, ELECTRA is L_MLM(generator) + '
+             '50 L_disc)')
+  lines += ['', note + '.']
   if preempted:
     lines += ['', '(preempted: the table is incomplete; rerun the same command to resume)']
-  lines += ['', f'![accuracy by objective]({OUTPUT_NAME}.png)', '']
+  alt = 'ROUGE by objective' if generation else 'accuracy by objective'
+  lines += ['', f'![{alt}]({output_name(config)}.png)', '']
   return '\n'.join(lines)
 
 
 def plot(members: list[Member], results, accuracy, tasks: list[str], out_png: str) -> str:
-  """Bar plot: test accuracy per objective and task (± std), and pretraining steps per objective."""
+  """Bar plot: test score per objective and task (± std), and pretraining steps per objective."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   names = ['random', *[m.name for m in members]]
+  cols = _columns(tasks)
   fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 7.5), dpi=110)
   FigureCanvasAgg(fig)
   ax, ax_steps = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
   x = np.arange(len(names), dtype=np.float64)
-  width = 0.8 / max(len(tasks), 1)
-  for j, task in enumerate(tasks):
-    mean = [accuracy.get(n, {}).get(task, {}).get('mean', np.nan) for n in names]
-    std = [accuracy.get(n, {}).get(task, {}).get('std', 0.0) for n in names]
-    offset = (j - (len(tasks) - 1) / 2) * width
-    ax.bar(x + offset, mean, width, yerr=std, capsize=3, label=task, alpha=0.85)
-    base = accuracy.get('random', {}).get(task, {}).get('mean')
+  width = 0.8 / max(len(cols), 1)
+  for j, (header, task, key) in enumerate(cols):
+    scores = [_score(accuracy, n, task, key) or {} for n in names]
+    mean = [s.get('mean', np.nan) for s in scores]
+    std = [s.get('std', 0.0) for s in scores]
+    offset = (j - (len(cols) - 1) / 2) * width
+    ax.bar(x + offset, mean, width, yerr=std, capsize=3, label=header, alpha=0.85)
+    base = (_score(accuracy, 'random', task, key) or {}).get('mean')
     if base is not None:
       ax.axhline(base, color=f'C{j}', linestyle=':', linewidth=1)
+  generation = any(key for _, _, key in cols)
   ax.set_xticks(x, names, rotation=20)
-  ax.set_ylabel('test accuracy (best dev)')
-  ax.set_title('downstream accuracy at equal pretraining FLOPs (dotted: random init)')
+  ax.set_ylabel('test score (ROUGE F / accuracy)' if generation else 'test accuracy (best dev)')
+  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init)')
   ax.legend(fontsize='small')
   ax.grid(True, axis='y', alpha=0.3)
   steps = [results.get(m.name, {}).get('steps', 0) for m in members]
@@ -369,11 +460,12 @@ def _finish(config, workdir, members, results, rows, *, preempted: bool) -> dict
              'preempted': preempted}
   if jax.process_index() == 0:
     tasks = list(finetune.downstream_field(config, 'tasks'))
-    plot(members, results, accuracy, tasks, os.path.join(workdir, f'{OUTPUT_NAME}.png'))
-    for name in (f'{OUTPUT_NAME}.md', 'report.md'):
-      with open(os.path.join(workdir, name), 'w', encoding='utf-8') as f:
+    name = output_name(config)
+    plot(members, results, accuracy, tasks, os.path.join(workdir, f'{name}.png'))
+    for filename in (f'{name}.md', 'report.md'):
+      with open(os.path.join(workdir, filename), 'w', encoding='utf-8') as f:
         f.write(text)
-    with open(os.path.join(workdir, f'{OUTPUT_NAME}.json'), 'w', encoding='utf-8') as f:
+    with open(os.path.join(workdir, f'{name}.json'), 'w', encoding='utf-8') as f:
       json.dump({k: v for k, v in summary.items() if k != 'markdown'}, f, indent=1, default=float)
     print(text, flush=True)
   return summary

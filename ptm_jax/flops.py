@@ -24,18 +24,42 @@ The model (the one the equal-compute comparison, `ptm_jax/compare.py`, divides i
     the discriminator's blocks and its RTD head (D -> D -> 1) at every token.
 Embedding lookups, layer norms, softmax and the optimizer update are not counted (they are O(D)
 per token, against O(D^2) for the projections).
+
+Seq2seq objectives (`seq2seq_breakdown`; parts encoder, decoder, blocks, lm_head), per raw row
+token (a row of T = data.seq_len tokens costs its per-row total / T per token, so that
+per_step = per_token x batch x T as for the encoders). One block's forward per query token over K
+key slots: 2 D (2 H_q + 2 H_kv) for the Q, K, V, output projections (H_kv < H_q: grouped-query),
++ 2 * 2 K H_q for Q K^T and attention x V over every key slot (static shapes: a mask, causal or
+not, skips no work), + 2 * 2 D F for the FFN (2 * 3 D F gated);
+  * encoder-decoder (T5 span corruption, BART, MASS) on Le encoder and Ld decoder slots:
+    encoder = Le x L_enc blocks over Le keys; decoder = Ld x L_dec (self block over Ld keys + cross
+    attention: Q and output projections 2 * 2 D H, scores 2 * 2 Le H) + L_dec x Le x 2 * 2 D H for
+    the cross-attention keys/values of the encoder output; lm_head = Ld x 2 D V.
+    Lengths: span corruption Le, Ld = its static `inputs_length(T)`, `targets_length(T)` (T = 64:
+    58 / 14; the decoder ~4.6x shorter than the row); BART Le = Ld = T; MASS Le = T and Ld = T as
+    this code runs it, or with scored='expected' the fragment's k = round(0.5 T) positions, the only
+    decoder slots the method needs (the others are [MASK] inputs with no loss);
+  * single stack (prefix LM: decoder over T, logits at all T; UniLM: encoder over T; GLM: encoder
+    over Part A + Part B, T + 2M static slots, or with scored='expected' T + 0.15 T (1 + 1 /
+    E[span length]): the blanked tokens and one [START] per span): blocks = slots x L blocks over
+    all slots; lm_head at the slots the objective projects (the static slab with sparse_logits, or
+    scored='expected' the targets: UniLM 0.15 T, GLM its Part B), each 2 D D + 2 D V for the
+    encoder's MLM head (dense + tied decoder), 2 D V for the decoder's.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
 
+import numpy as np
+
 from ptm_jax import models, objectives
-from ptm_jax.objectives import electra, mlm, spanbert, wwm
+from ptm_jax.objectives import electra, glm, mlm, span_corruption, spanbert, wwm
 
 _TOKEN_MASKING = ('mlm', 'mlm_nsp', 'mlm_sop')
 _PAIR_OBJECTIVES = ('mlm_nsp', 'mlm_sop')
-SUPPORTED = (*_TOKEN_MASKING, 'wwm', 'ernie', 'spanbert', 'electra')
+SEQ2SEQ = ('span_corruption', 'bart', 'mass', 'prefix_lm', 'unilm', 'glm')
+SUPPORTED = (*_TOKEN_MASKING, 'wwm', 'ernie', 'spanbert', 'electra', *SEQ2SEQ)
 
 
 def model_config(model_fields: Mapping[str, Any], vocab_size: int | None = None):
@@ -84,6 +108,8 @@ def breakdown(config, *, vocab_size: int | None = None, scored: str = 'slab') ->
   name = config.objective.name
   if name not in SUPPORTED:
     raise ValueError(f'no FLOP model for objective {name!r}; supported: {", ".join(SUPPORTED)}')
+  if name in SEQ2SEQ:
+    return seq2seq_breakdown(config, vocab_size=vocab_size, scored=scored)
   module = objectives.get(name)
   options = objectives.build_options(module, config.objective)
   seq_len = int(config.data.seq_len)
@@ -129,3 +155,85 @@ def per_step(config, *, vocab_size: int | None = None, scored: str = 'slab') -> 
   """Training FLOPs of one optimizer step: per_token x batch_size x seq_len."""
   tokens = int(config.train.batch_size) * int(config.data.seq_len)
   return per_token(config, vocab_size=vocab_size, scored=scored) * tokens
+
+
+def block_forward(d: int, heads_q: int, heads_kv: int, mlp_dim: int, gated: bool,
+                  keys: int) -> float:
+  """Forward matmul FLOPs per query token of one self-attention block over `keys` key slots."""
+  return (2 * d * (2 * heads_q + 2 * heads_kv) + 2 * 2 * keys * heads_q
+          + 2 * (3 if gated else 2) * d * mlp_dim)
+
+
+def seq2seq_lengths(name: str, options: Any, seq_len: int, scored: str = 'slab') -> dict[str, float]:
+  """Slots per row of T raw tokens: encoder / decoder (encdec) or stack, and projected logits."""
+  if scored not in SCORED:
+    raise ValueError(f'scored must be one of {", ".join(SCORED)}, got {scored!r}')
+  t = seq_len
+  if name == 'span_corruption':
+    enc, dec, _ = span_corruption.static_lengths(t, options)
+    return dict(encoder=enc, decoder=dec, logits=dec)
+  if name == 'bart':
+    return dict(encoder=t, decoder=t, logits=t)
+  if name == 'mass':
+    dec = max(1, round(options.fragment_rate * t)) if scored == 'expected' else t
+    return dict(encoder=t, decoder=dec, logits=dec)
+  if name == 'prefix_lm':
+    return dict(stack=t, logits=t)
+  if name == 'unilm':
+    if not options.sparse_logits:
+      return dict(stack=t, logits=t)
+    slab = wwm.max_unit_predictions(t, options.mask_rate, 3.0)
+    return dict(stack=t, logits=options.mask_rate * t if scored == 'expected' else slab)
+  if name == 'glm':
+    m = glm.max_spans(t, options)
+    probs = options.span_probs()
+    mean_span = float((np.arange(len(probs)) * probs).sum())
+    part_b = options.mask_rate * t * (1 + 1 / mean_span)  # blanked tokens + one [START] each
+    if scored == 'expected':  # Part A (t) + the expected Part B, not the static bound 2M
+      return dict(stack=t + part_b, logits=part_b)
+    if not options.sparse_logits:
+      return dict(stack=t + 2 * m, logits=t + 2 * m)
+    k_ = np.arange(len(probs))
+    cluster = float((k_ * k_ * probs).sum() / (k_ * probs).sum())
+    return dict(stack=t + 2 * m,
+                logits=min(t + 2 * m, wwm.max_unit_predictions(t, options.mask_rate, cluster) + m))
+  raise ValueError(f'no seq2seq FLOP model for objective {name!r}; supported: {", ".join(SEQ2SEQ)}')
+
+
+def seq2seq_breakdown(config, *, vocab_size: int | None = None,
+                      scored: str = 'slab') -> dict[str, float]:
+  """Training FLOPs per raw row token of a seq2seq objective's run config, by part (module doc)."""
+  name, family = config.objective.name, config.model.family
+  options = objectives.build_options(objectives.get(name), config.objective)
+  t = int(config.data.seq_len)
+  cfg = model_config(config.model, vocab_size)
+  lengths = seq2seq_lengths(name, options, t, scored)
+  d, v = cfg.embed_dim, cfg.vocab_size
+  head_dim = cfg.resolved_head_dim
+  hq = cfg.num_heads * head_dim
+  gated = getattr(cfg, 'mlp', 'mlp') == 'swiglu'
+  parts = dict(encoder=0.0, decoder=0.0, blocks=0.0, lm_head=0.0)
+  if family == 'encdec':
+    if 'encoder' not in lengths:
+      raise ValueError(f'{name} is a single-stack objective; model.family=encdec needs '
+                       'span_corruption, bart or mass')
+    le, ld = lengths['encoder'], lengths['decoder']
+    parts['encoder'] = le * cfg.num_encoder_layers * block_forward(d, hq, hq, cfg.mlp_dim, gated, le)
+    cross = 2 * 2 * d * hq + 2 * 2 * le * hq
+    parts['decoder'] = (ld * cfg.num_decoder_layers
+                        * (block_forward(d, hq, hq, cfg.mlp_dim, gated, ld) + cross)
+                        + cfg.num_decoder_layers * le * 2 * 2 * d * hq)
+    parts['lm_head'] = lengths['logits'] * 2 * d * v
+  elif family in ('decoder', 'encoder'):
+    if 'stack' not in lengths:
+      raise ValueError(f'{name} needs model.family=encdec, got {family!r}')
+    slots = lengths['stack']
+    hkv = (getattr(cfg, 'num_kv_heads', None) or cfg.num_heads) * head_dim
+    parts['blocks'] = slots * cfg.num_layers * block_forward(d, hq, hkv, cfg.mlp_dim, gated, slots)
+    head = 2 * d * v + (2 * d * d if family == 'encoder' else 0)  # the encoder's MLM dense
+    parts['lm_head'] = lengths['logits'] * head
+  else:
+    raise ValueError(f'no seq2seq FLOP model for model.family={family!r}')
+  parts = {k: 3.0 * p / t for k, p in parts.items()}  # forward + backward, per raw row token
+  parts['total'] = sum(parts.values())
+  return parts

@@ -27,6 +27,8 @@ _MODULES = {
     'bart': 'ptm_jax.objectives.bart',
     'mass': 'ptm_jax.objectives.mass',
     'glm': 'ptm_jax.objectives.glm',
+    # Fine-tuning on a generation task (news_headline), in each family's seq2seq form.
+    'seq2seq_finetune': 'ptm_jax.objectives.seq2seq_finetune',
 }
 
 

