@@ -253,7 +253,7 @@ def summarise(results: dict) -> None:
       r['mfu_measured'] = tflops / measured if tflops and measured else None
     best = {}
     for side in ('ours', 'reference'):
-      ok = [r for r in rows if r['side'] == side and r.get('tokens_per_s')]
+      ok = [r for r in rows if r['side'] == side and r.get('tokens_per_s') and not r.get('error')]
       best[side] = max(ok, key=lambda r: r['tokens_per_s']) if ok else None
     ours, ref = best['ours'], best['reference']
     summary.append(dict(
@@ -332,10 +332,24 @@ def _versions() -> dict:
   return out
 
 
+def preflight(args) -> None:
+  """Fails in one line, before any device time is spent, when a side cannot even import."""
+  needed = ['ptm_jax.optim', 'ptm_jax.steps'] + ([] if args.skip_reference else
+                                                 ['torch', 'transformers'])
+  for name in needed:
+    try:
+      __import__(name)
+    except ImportError as e:
+      raise SystemExit(f'throughput.py: cannot import {name} ({e}); on the GPU machine carry the '
+                       'missing wheel (docs/benchmarks.md, "GPU session"), or pass '
+                       '--skip_reference for torch') from None
+
+
 def main(argv=None) -> dict | None:
   args = parse_args(argv)
   if args.child:
     return _child_main(json.loads(args.child), args.child_out)
+  preflight(args)
   # JAX and torch take turns on one GPU: JAX must not hold memory it does not use, and may grow
   # to most of the card (the default cap is 75 %) when alone, as torch may.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
@@ -361,10 +375,17 @@ def main(argv=None) -> dict | None:
   plan = build_plan(args)
   with tempfile.TemporaryDirectory() as log_dir:
     for spec in plan:
-      label = f"{spec['kind']} {spec.get('workload', {}).get('name', '')}".strip()
+      label = ' '.join(str(x) for x in (spec['kind'], spec.get('workload', {}).get('name'),
+                                         spec.get('torch_mode') or spec.get('attention_impl'))
+                       if x)
       if budget_left() < 30:
         results['skipped'].append(f'{label}: --budget_s {args.budget_s:.0f} s used up')
         print(f'skip {label}: budget used up', flush=True)
+        continue
+      backend = results.get('checks', {}).get('backend')
+      if spec.get('torch_mode') == 'compile' and backend not in (None, 'gpu'):
+        results['skipped'].append(f'{label}: torch.compile is timed on GPU only '
+                                  f'(JAX sees {backend})')
         continue
       if spec['kind'] == 'max_batch':
         results['max_batch'] += max_batch_search(spec, args, budget_left, log_dir)
