@@ -15,8 +15,9 @@ The model (the one the equal-compute comparison, `ptm_jax/compare.py`, divides i
     i.e. K / T of the tokens; without it at every token. K is sized mean + 6 sd of the masked
     count, so it exceeds mask_rate x T (at T = 64: 28 slots for 9.6 expected tokens, SpanBERT's
     clustered spans ~60); `scored='expected'` counts mask_rate x T instead, the method's own cost
-    (the reference implementations' max_predictions_per_seq ~ 0.15 T), not what this code runs. The MLM head is dense(D -> W) + the tied
-    decoder (W -> V), W = D (BERT) or E (ALBERT, which also pays the E -> H embedding projection);
+    (the reference implementations' max_predictions_per_seq ~ 0.15 T), not what this code runs.
+    The MLM head is dense(D -> W) + the tied decoder (W -> V), W = D (BERT) or E (ALBERT, which
+    also pays the E -> H embedding projection);
   * NSP / SOP: pooler (D -> D) + 2-way head, once per row (1 / T per token);
   * SpanBERT's SBO head at every slab position (`spanbert.sbo_head_cost`);
   * ELECTRA: generator and discriminator, forward and backward (`electra.flops_breakdown`, the same
@@ -102,8 +103,9 @@ def breakdown(config, *, vocab_size: int | None = None, scored: str = 'slab') ->
 
   `config` is a run ConfigDict (model, objective, data.seq_len); `vocab_size` the tokenizer's
   (needed when model.vocab_size is 0); `scored` how sparse vocabulary projections are counted
-  ('slab': the static slab this code computes; 'expected': mask_rate x T). Parts: blocks, embed_project, mlm_head, pair_head,
-  sbo_head, generator, rtd_head (0 where the objective has none).
+  ('slab': the static slab this code computes; 'expected': mask_rate x T). Parts: blocks,
+  embed_project, mlm_head, pair_head, sbo_head, generator, rtd_head (0 where the objective has
+  none).
   """
   name = config.objective.name
   if name not in SUPPORTED:
