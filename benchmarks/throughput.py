@@ -269,56 +269,63 @@ def _fmt(x, spec='.1f', scale=1.0, none='–') -> str:
   return none if x is None else format(x * scale, spec)
 
 
+def _row_line(r: dict) -> str:
+  result = (f"error: {r['error'][:60]}" if r.get('error') else _fmt(r.get('loss'), '.3f'))
+  return (f"| {r['workload']} | {r['batch']}×{r['seq_len']} | {r['side']} | {r['variant']} | "
+          f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('step_s'), '.1f', 1e3)} | "
+          f"{_fmt(r.get('mfu_datasheet'), '.1%')} | {_fmt(r.get('mfu_measured'), '.1%')} | "
+          f"{_fmt(r.get('peak_memory_bytes'), '.2f', 2.0 ** -30)} | "
+          f"{_fmt((r.get('compile_s') or 0) + (r.get('warmup_s') or 0), '.0f')} | {result} |")
+
+
+def _notes(results: dict) -> list[str]:
+  """One bullet per check, batch search, skipped child and child error."""
+  out = []
+  for n in results.get('numerics', []):
+    out.append(f"numerics {n['workload']} ({n['variant']}): " + (
+        f"error {n['error'][:100]}" if n.get('error') else
+        f"loss bf16 {n['loss_bf16']:.5f} vs fp32 {n['loss_fp32']:.5f}, relative loss diff "
+        f"{n['rel_loss_diff']:.2e}, relative grad diff {n['rel_grad_diff']:.2e}"))
+  cud = results.get('checks', {}).get('cudnn_vs_xla', {})
+  if cud.get('skipped'):
+    out.append(f"cuDNN vs XLA attention: skipped ({cud['skipped']})")
+  for c in cud.get('cases', []):
+    out.append(f"cuDNN vs XLA attention [{c['mask']}]: " + (
+        f"error {c['error'][:100]}" if c.get('error') else
+        f"max |out diff| {c['out_max_abs_diff']:.2e}, max |grad diff| {c['grad_max_abs_diff']:.2e}"
+        f"; vs fp32: cuDNN {c['out_err_cudnn']:.2e} / {c['grad_err_cudnn']:.2e}, XLA "
+        f"{c['out_err_xla']:.2e} / {c['grad_err_xla']:.2e}; within tolerance: "
+        f"{c['within_tolerance']}"))
+  for m in results.get('max_batch', []):
+    out.append(f"largest batch {m['workload']} {m['side']}: {m['largest_fitting']} " + (
+        '(search cap reached)' if m['capped'] else f"(fails at {m['first_failing']})"))
+  out += [f'skipped: {note}' for note in results.get('skipped', [])]
+  out += [f"child error ({e.get('spec_kind')} {e.get('workload')}): {e.get('error')}"
+          for e in results.get('errors', [])]
+  return [f'- {line}' for line in out]
+
+
 def markdown(results: dict) -> str:
-  """The tables the docs quote: header, one row per measurement, per-workload speed-ups."""
+  """The tables the docs quote: header, one row per measurement, per-workload speed-ups, notes."""
   meta, checks = results['meta'], results.get('checks', {})
-  v = meta.get('versions', {})
-  peak = results.get('peak_tflops', {})
-  lines = [f"**{checks.get('device_name', '?')}** · {meta['date']} · "
-           f"jax {v.get('jax', '?')} · torch {v.get('torch', '?')} · "
-           f"transformers {v.get('transformers', '?')}" + (' · **--tiny smoke sizes: not a '
-                                                           'performance number**' if meta['tiny']
-                                                           else ''),
+  v, peak = meta.get('versions', {}), results.get('peak_tflops', {})
+  tiny = ' · **--tiny smoke sizes: not a performance number**' if meta['tiny'] else ''
+  lines = [f"**{checks.get('device_name', '?')}** · {meta['date']} · jax {v.get('jax')} · "
+           f"torch {v.get('torch')} · transformers {v.get('transformers')}{tiny}",
            f"command: `{meta['command']}`",
            f"peak bf16: datasheet {_fmt(peak.get('datasheet'), '.0f')} TFLOP/s, measured matmul "
            f"{_fmt(peak.get('measured_matmul'), '.4g')} TFLOP/s", '',
            '| workload | B×T | side | variant | tokens/s | step ms | MFU datasheet | '
            'MFU measured | peak mem GiB | warm-up s | loss |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
-  for r in results['rows']:
-    lines.append(
-        f"| {r['workload']} | {r['batch']}×{r['seq_len']} | {r['side']} | {r['variant']} | "
-        f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('step_s'), '.1f', 1e3)} | "
-        f"{_fmt(r.get('mfu_datasheet'), '.1%')} | {_fmt(r.get('mfu_measured'), '.1%')} | "
-        f"{_fmt(r.get('peak_memory_bytes'), '.2f', 2.0 ** -30)} | "
-        f"{_fmt((r.get('compile_s') or 0) + (r.get('warmup_s') or 0), '.0f')} | "
-        f"{_fmt(r.get('loss'), '.3f') if not r.get('error') else 'error: ' + r['error'][:60]} |")
+  lines += [_row_line(r) for r in results['rows']]
   lines += ['', '| workload | ours best | reference best | speed-up |', '|---|---|---|---|']
   for s in results.get('summary', []):
-    lines.append(f"| {s['workload']} | {s['ours_best'] or '–'} {_fmt(s['ours_tokens_per_s'], ',.0f')}"
-                 f" | {s['reference_best'] or '–'} {_fmt(s['reference_tokens_per_s'], ',.0f')} | "
-                 f"{_fmt(s['speedup'], '.2f')}× |")
-  for n in results.get('numerics', []):
-    lines.append(f"\nnumerics {n['workload']} ({n['variant']}): loss bf16 {_fmt(n.get('loss_bf16'), '.5f')}"
-                 f" vs fp32 {_fmt(n.get('loss_fp32'), '.5f')}, relative loss diff "
-                 f"{_fmt(n.get('rel_loss_diff'), '.2e')}, relative grad diff "
-                 f"{_fmt(n.get('rel_grad_diff'), '.2e')}")
-  cud = checks.get('cudnn_vs_xla', {})
-  if cud.get('skipped'):
-    lines.append(f"\ncuDNN vs XLA attention: skipped ({cud['skipped']})")
-  for case in cud.get('cases', []):
-    lines.append(f"\ncuDNN vs XLA attention [{case['mask']}]: " + (
-        f"error {case['error'][:100]}" if case.get('error') else
-        f"max|out diff| {case['out_max_abs_diff']:.2e}, max|grad diff| "
-        f"{case['grad_max_abs_diff']:.2e}, within bf16 tolerance: {case['within_tolerance']}"))
-  for m in results.get('max_batch', []):
-    lines.append(f"\nlargest batch {m['workload']} {m['side']}: {m['largest_fitting']}"
-                 + (' (search cap reached)' if m['capped'] else f" (fails at {m['first_failing']})"))
-  for note in results.get('skipped', []):
-    lines.append(f'\nskipped: {note}')
-  for err in results.get('errors', []):
-    lines.append(f"\nchild error ({err.get('spec_kind')} {err.get('workload')}): {err.get('error')}")
-  return '\n'.join(lines)
+    lines.append(f"| {s['workload']} | {s['ours_best'] or '–'} "
+                 f"{_fmt(s['ours_tokens_per_s'], ',.0f')} | {s['reference_best'] or '–'} "
+                 f"{_fmt(s['reference_tokens_per_s'], ',.0f')} | {_fmt(s['speedup'], '.2f')}× |")
+  notes = _notes(results)
+  return '\n'.join(lines + ([''] + notes if notes else []))
 
 
 def _versions() -> dict:
@@ -333,16 +340,15 @@ def _versions() -> dict:
 
 
 def preflight(args) -> None:
-  """Fails in one line, before any device time is spent, when a side cannot even import."""
-  needed = ['ptm_jax.optim', 'ptm_jax.steps'] + ([] if args.skip_reference else
-                                                 ['torch', 'transformers'])
-  for name in needed:
-    try:
-      __import__(name)
-    except ImportError as e:
-      raise SystemExit(f'throughput.py: cannot import {name} ({e}); on the GPU machine carry the '
-                       'missing wheel (docs/benchmarks.md, "GPU session"), or pass '
-                       '--skip_reference for torch') from None
+  """Fails in one line, before any device time is spent, when a side lacks a package."""
+  import importlib.util
+  needed = ['jax', 'flax', 'optax', 'ml_collections'] + ([] if args.skip_reference else
+                                                        ['torch', 'transformers'])
+  missing = [name for name in needed if importlib.util.find_spec(name) is None]
+  if missing:
+    raise SystemExit(f'throughput.py: missing {", ".join(missing)}; on the GPU machine carry the '
+                     'wheel (docs/benchmarks.md, "GPU session"), or pass --skip_reference for '
+                     'torch/transformers')
 
 
 def main(argv=None) -> dict | None:

@@ -91,7 +91,8 @@ def test_tiny_run_both_sides_writes_json_and_table(tmp_path):
   # Both sides build the same network: GPT-2 parameter for parameter; ours' BERT also holds
   # the pooler and NSP head (D^2 + D + 2 D + 2), which HF's BertForMaskedLM leaves out.
   d = 64  # throughput.TINY's width
-  assert rows[("gpt2_small", "ours")]["num_params"] == rows[("gpt2_small", "reference")]["num_params"]
+  gpt = [rows[("gpt2_small", side)]["num_params"] for side in ("ours", "reference")]
+  assert gpt[0] == gpt[1]
   assert (rows[("bert_base", "ours")]["num_params"] - rows[("bert_base", "reference")]["num_params"]
           == d * d + d + 2 * d + 2)
   assert rows[("bert_base", "ours")]["variant"] == "attn=default"  # auto -> XLA off GPU
@@ -108,3 +109,14 @@ def test_tiny_run_both_sides_writes_json_and_table(tmp_path):
   assert "| bert_base | 4×64 | ours | attn=default |" in table
   assert "| gpt2_small | 4×64 | reference | eager |" in table
   assert "not a performance number" in table and "speed-up" in table
+
+
+def test_preflight_names_the_missing_package_in_one_line(monkeypatch):
+  import importlib.util
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "ml_collections" else real(name, *a))
+  with pytest.raises(SystemExit) as exc:
+    throughput.preflight(throughput.parse_args([]))
+  message = str(exc.value)
+  assert "ml_collections" in message and "docs/benchmarks.md" in message and "\n" not in message
