@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--remat', action='store_true', help='ours: rematerialise each block')
   p.add_argument('--dropout', type=float, default=0.1, help='hidden dropout, both sides')
   p.add_argument('--numerics', action='store_true',
-                 help='ours: loss and gradient in bf16 vs fp32 on one batch')
+                 help='ours: loss and gradient in bf16 vs fp32 on one batch (first impl)')
   p.add_argument('--max_batch', action='store_true',
                  help='largest batch that fits (doubling, then one midpoint), ours vs eager torch')
   p.add_argument('--max_batch_limit', type=int, default=8, help='stop at this x the batch')
@@ -180,23 +180,25 @@ def _run_child(spec: dict, timeout_s: float, log_dir: str) -> list[dict]:
 
 
 def build_plan(args) -> list[dict]:
-  """The children to run, most important first: the device checks, then per workload ours and
-  eager torch, then the compiled references (the slowest to start), then the batch search."""
+  """The children to run, most important first: the device checks; per workload ours and eager
+  torch; the compiled references (slow to start); the numerics checks; the batch search."""
   common = dict(seed=args.seed, steps=args.steps, windows=args.windows, warmup=args.warmup,
-                dropout=args.dropout, remat=args.remat, numerics=args.numerics, mode='throughput')
+                dropout=args.dropout, remat=args.remat, mode='throughput')
   plan = [dict(kind='checks', tiny=args.tiny)]
   names = args.workloads.split(',')
+  impls = args.attention_impl.split(',')
   modes = [m for m in args.reference_modes.split(',') if m]
-  late = []
+  compiled, numerics = [], []
   for name in names:
     wl = workload_spec(name, args)
-    for impl in args.attention_impl.split(','):
-      plan.append(dict(common, kind='ours', workload=wl, attention_impl=impl))
+    plan += [dict(common, kind='ours', workload=wl, attention_impl=impl) for impl in impls]
     if not args.skip_reference:
       for i, mode in enumerate(modes):
-        (plan if i == 0 else late).append(dict(common, kind='reference', workload=wl,
-                                               torch_mode=mode))
-  plan += late
+        (plan if i == 0 else compiled).append(dict(common, kind='reference', workload=wl,
+                                                   torch_mode=mode))
+    if args.numerics:
+      numerics.append(dict(common, kind='numerics', workload=wl, attention_impl=impls[0]))
+  plan += compiled + numerics
   if args.max_batch:
     plan += [dict(kind='max_batch', workload=workload_spec(name, args)) for name in names]
   return plan
@@ -205,7 +207,7 @@ def build_plan(args) -> list[dict]:
 def _fits(spec: dict, side: str, batch: int, args, budget_left, log_dir) -> dict:
   wl = workload_spec(spec['workload']['name'], args, batch)
   child = dict(kind=side, mode='fit', workload=wl, seed=args.seed, steps=2, windows=1, warmup=1,
-               dropout=args.dropout, remat=args.remat, numerics=False,
+               dropout=args.dropout, remat=args.remat,
                attention_impl=args.attention_impl.split(',')[-1], torch_mode='eager')
   recs = _run_child(child, min(args.child_timeout_s, budget_left()), log_dir)
   ok = any(r.get('kind') == 'throughput' and not r.get('error') for r in recs)
@@ -431,7 +433,8 @@ def _child_main(spec: dict, out_path: str) -> None:
     throughput_reference.run(spec, emit)
   else:
     import throughput_ours
-    (throughput_ours.run_checks if spec['kind'] == 'checks' else throughput_ours.run)(spec, emit)
+    {'checks': throughput_ours.run_checks, 'numerics': throughput_ours.run_numerics,
+     'ours': throughput_ours.run}[spec['kind']](spec, emit)
 
 
 if __name__ == '__main__':

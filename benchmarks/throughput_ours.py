@@ -52,19 +52,25 @@ def _compiled_stats(compiled) -> dict:
   return out
 
 
+def init_params(model, seq_len: int, rng):
+  """fp32 parameters as `ptm_jax.train` initialises them (unboxed, one device)."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return nn.unbox(model.init({'params': rng, 'dropout': rng}, tokens,
+                             segment_ids=jnp.ones_like(tokens),
+                             positions=jnp.arange(seq_len, dtype=jnp.int32)[None, :],
+                             deterministic=True)['params'])
+
+
 def init_state(model, tx, seq_len: int, seed: int):
   """TrainState as `ptm_jax.train.create_state` builds it, on one device (no mesh to shard over)."""
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from ptm_jax.state import TrainState
 
   def init(rng):
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    params = nn.unbox(model.init({'params': rng, 'dropout': rng}, tokens,
-                                 segment_ids=jnp.ones_like(tokens),
-                                 positions=jnp.arange(seq_len, dtype=jnp.int32)[None, :],
-                                 deterministic=True)['params'])
+    params = init_params(model, seq_len, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.fold_in(rng, 1))
   return jax.jit(init)(jax.random.key(seed))
@@ -136,24 +142,28 @@ def run(spec: dict, emit) -> None:
   except Exception as e:
     row.update(error=_error(e), traceback=traceback.format_exc()[-3000:])
     traceback.print_exc()
-    emit(row)
-    return
   emit(row)
-  if spec.get('numerics'):
-    emit(numerics(spec, impl, state.params, batch, corrupt_fn, loss_fn))
 
 
-def numerics(spec: dict, impl: str | None, params, batch: dict, corrupt_fn, loss_bf16) -> dict:
-  """Loss and gradient of one batch under bf16 compute vs fp32 (highest matmul precision)."""
+def run_numerics(spec: dict, emit) -> None:
+  """Loss and gradient of one batch under bf16 compute vs fp32 (highest matmul precision).
+
+  Freshly initialised parameters, the first min(B, 8) rows of the workload's batch, one fixed
+  corruption, no dropout; the same fp32 parameters feed both models.
+  """
   import jax
   import optax
   wl = spec['workload']
+  impl = _resolve_impl(spec['attention_impl'], jax.default_backend())
   rec = dict(kind='numerics', workload=wl['name'], variant=f"attn={impl or 'default'}",
              rows=min(wl['batch'], 8))
   try:
-    small = {k: v[:rec['rows']] for k, v in batch.items()}
-    corrupted = jax.jit(corrupt_fn)(jax.random.key(spec['seed'] + 1), small)
+    model, loss_bf16, corrupt_fn = _build(wl, spec, impl, 'bfloat16')
     _, loss_fp32, _ = _build(wl, spec, impl, 'float32')
+    params = jax.jit(lambda: init_params(model, wl['seq_len'], jax.random.key(spec['seed'])))()
+    batch = make_batch(spec['seed'], wl['batch'], wl['seq_len'], wl['dims']['vocab_size'])
+    rows = {k: v[:rec['rows']] for k, v in batch.items()}
+    corrupted = jax.jit(corrupt_fn)(jax.random.key(spec['seed'] + 1), rows)
 
     def value_and_grad(fn):
       return jax.jit(jax.value_and_grad(lambda p, bt: fn(p, bt, None)[0]))
@@ -167,7 +177,8 @@ def numerics(spec: dict, impl: str | None, params, batch: dict, corrupt_fn, loss
                rel_grad_diff=float(diff / optax.tree.norm(g32)))
   except Exception as e:
     rec.update(error=_error(e), traceback=traceback.format_exc()[-3000:])
-  return rec
+    traceback.print_exc()
+  emit(rec)
 
 
 def matmul_peak(sizes: tuple[int, ...], calls: int = 10, windows: int = 5) -> dict:
