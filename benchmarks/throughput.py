@@ -1,7 +1,7 @@
 """Training throughput of our models against the HF transformers PyTorch reference, in one run.
 
   XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/throughput.py \
-      --attention_impl xla,cudnn --numerics --budget_s 540 --out results.json
+      --numerics --budget_s 540 --out results.json   # the GPU-session command: docs/benchmarks.md
 
 Workloads (issue 7): `bert_base` (encoder base, MLM, T=512, B=32), `gpt2_small` (decoder small,
 CLM, T=1024, B=16), `gpt2_medium` (decoder medium, CLM, T=1024, B=16). For each, side by side:
@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
