@@ -9,10 +9,10 @@ Rows come from `data/sources/news_headline.py` in `data.generation_form` = `Opti
     EOS, bidirectional over the source (`prefix_flags`), next-token loss on the title and EOS;
   * 'unilm' (Dong et al. 2019 section 3.2, generation fine-tuning): one encoder under UniLM's
     seq2seq mask (source bidirectional, target causal + source) with its seq2seq token types; a
-    `target_mask_rate` share of the target tokens (the paper's summarisation setting: 0.7) is
-    corrupted 80 % [MASK] / 10 % random / 10 % kept, as its pre-training cloze (the reference
-    code's Preprocess4Seq2seq), and predicted at its own slot; decoding appends a [MASK] and
-    predicts it (`tasks/generation.py`);
+    `target_mask_rate` share of the target tokens (0.7: the reference fine-tuning scripts'
+    `--mask_prob 0.7`, with label smoothing 0.1) is corrupted 80 % [MASK] / 10 % random / 10 %
+    kept, as its pre-training cloze (the reference code's Preprocess4Seq2seq), and predicted at
+    its own slot; decoding appends a [MASK] and predicts it (`tasks/generation.py`);
   * 'glm' (Du et al. 2022 section 2.3, "text generation"): Part A = the source with one [MASK]
     appended, Part B = [START] title, generated autoregressively with GLM's 2-D positions and
     the A-bidirectional / B-causal mask; loss over the title and [END] (= EOS).

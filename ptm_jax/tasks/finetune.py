@@ -34,9 +34,11 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 probe=False, probe_steps=500, probe_learning_rate=1e-2, probe_l2=1e-3,
                 finetune=True,
                 # Generation tasks (tasks/generation.py): title length, the family's seq2seq form
-                # ('' = by family), the decoding search, and a cap on decoded examples (0 = all).
+                # ('' = by family), the decoding search, the decoded splits and a cap on their
+                # examples (0 = all).
                 target_len=32, generation_form='', label_smoothing=0.0, decode_strategy='beam',
-                num_beams=4, length_penalty=0.6, generation_examples=0)
+                num_beams=4, length_penalty=0.6, generation_splits=('validation', 'test'),
+                generation_examples=0)
 
 
 def downstream_field(config, name: str) -> Any:

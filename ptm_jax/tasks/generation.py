@@ -8,7 +8,8 @@ One fine-tune (`run_one`, dispatched from `tasks.finetune` for tasks of kind 'ge
      teacher-forced dev loss;
   2. model selection: the evaluation with the lowest dev loss (the earliest on ties) -- a dev
      ROUGE per evaluation would decode the dev set at every evaluation;
-  3. that checkpoint's parameters decode the dev and test sources: beam search (4 beams, length
+  3. that checkpoint's parameters decode the `downstream.generation_splits` (dev and test by
+     default; dev decoding only reports, it selects nothing): beam search (4 beams, length
      penalty 0.6: score = sum log p / length^0.6, Wu et al. 2016's alpha as in T5's decoding) by
      default, `downstream.decode_strategy='greedy'` for the CPU-sized runs; at most
      `downstream.target_len` tokens, stopping at EOS;
@@ -252,7 +253,12 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
   tokenizer = tokenizers.load_or_train(ft.data.tokenizer, ft.data)
   options = decode_options(field, tokenizer.specials)
   limit = int(field('generation_examples'))
-  settings = {'best_step': int(best['step']), 'options': repr(options), 'limit': limit}
+  splits = tuple(str(s) for s in field('generation_splits'))
+  if 'test' not in splits or set(splits) - {'validation', 'test'}:
+    raise ValueError(f'downstream.generation_splits={splits}: use ("test",) or '
+                     '("validation", "test")')
+  settings = {'best_step': int(best['step']), 'options': repr(options), 'limit': limit,
+              'splits': list(splits)}
   cache_path = os.path.join(run_dir, 'generation.json')
   t0 = time.time()
   scores = None
@@ -266,7 +272,7 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
     model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
     params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(best['step'])))
     scores = {}
-    for split in ('validation', 'test'):
+    for split in splits:
       generated = generate_split(model, params, ft, tokenizer, split, options, limit)
       scores[split] = {**rouge([g['prediction'] for g in generated],
                                [g['reference'] for g in generated]), 'examples': len(generated)}
@@ -278,12 +284,13 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
         json.dump({'settings': settings, 'scores': scores}, f, indent=1)
   row.update(best_step=int(best['step']), dev_loss=float(best['eval/loss']),
              dev_accuracy=float(best.get('eval/accuracy', nan)),
-             dev_score=scores['validation']['rougeL'], test_score=scores['test']['rougeL'],
+             dev_score=scores.get('validation', {}).get('rougeL', nan),
+             test_score=scores['test']['rougeL'],
              examples=scores['test']['examples'], decode=f'{options.strategy}'
              + (f' {options.num_beams}, alpha {options.length_penalty:g}'
                 if options.strategy == 'beam' else ''),
              wall_time_s=row['wall_time_s'] + time.time() - t0,
-             **{f'dev_{k}': scores['validation'][k] for k in ROUGE_KEYS},
+             **{f'dev_{k}': scores.get('validation', {}).get(k, nan) for k in ROUGE_KEYS},
              **{f'test_{k}': scores['test'][k] for k in ROUGE_KEYS})
   logging.info('generation %s/%s/seed%d: best dev loss %.4f at step %d, test ROUGE-1/2/L '
                '%.4f/%.4f/%.4f', task, init, seed, row['dev_loss'], row['best_step'],
