@@ -53,7 +53,9 @@ SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed'
 SHARED_TRAIN_FIELDS = ('batch_size', 'grad_accum', 'log_every', 'eval_batches', 'eval_batch_size',
                        'eval_split')
 OUTPUT_NAME = 'compare_encoders'  # the default of comparison.output_name
-_SCORED_TEXT = {'expected': 'mask_rate x seq_len positions', 'slab': "the objective's static slab"}
+_SCORED_TEXT = {'expected': "the method's expected targets (mask_rate x seq_len positions; MASS's "
+                            "decoder on its fragment, GLM's expected Part B)",
+                'slab': "the objective's static slab"}
 
 
 _T0 = [time.time()]
