@@ -271,6 +271,7 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
     obj_options = objectives.build_options(objective, ft.objective)
     model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
     params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(best['step'])))
+    params = jax.device_put(params, jax.devices()[0])  # restored on the host; decode on the device
     scores = {}
     for split in splits:
       generated = generate_split(model, params, ft, tokenizer, split, options, limit)
