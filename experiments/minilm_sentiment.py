@@ -8,8 +8,9 @@ pretrained encoder and its random-init copy (README: test 0.647 and 0.680), unde
 quickstart's fine-tuning budget (300 steps of 32 rows of 64 tokens, mean pooling, eval every 50
 steps, test accuracy at the best dev evaluation, 2 seeds). Only the imported init is fine-tuned
 (`downstream.inits`; adding 'random', the same architecture from scratch, doubles the cost).
-There is no pretraining stage (`train.steps=0`): `run.py` converts `init_from` (the packaged HF directory) into
-`<workdir>/imported` and fine-tunes from it; the tokenizer is MiniLM's own `tokenizer.json`.
+There is no pretraining stage (`train.steps=0`): `run.py` converts `init_from` (the packaged HF
+directory) into `<workdir>/imported` and fine-tunes from it; the tokenizer is MiniLM's own
+`tokenizer.json`.
 LR 5e-5 (BERT's fine-tuning value; the quickstart's 3e-4 is for its 2-layer 128-wide model),
 warmup 30 steps, weight decay 0.01, head dropout 0.1, the checkpoint's own dropout (0.1).
 

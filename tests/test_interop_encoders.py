@@ -1,4 +1,4 @@
-"""HF interop for ALBERT, ELECTRA and DistilBERT (`ptm_jax/interop/maps/{albert,electra,distilbert}.py`).
+"""HF interop for ALBERT, ELECTRA and DistilBERT (`interop/maps/{albert,electra,distilbert}.py`).
 
 - Round trips per architecture: a random-initialised tiny HF PyTorch model -> HF's own
   `save_pretrained` (safetensors) -> our `load_pretrained` -> every hidden state and every head
@@ -111,8 +111,8 @@ def _batch(seed: int):
 
 
 def _run_hf(model, tokens, valid, types) -> dict[str, np.ndarray]:
-  kw = dict(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(valid).long(),
-            position_ids=torch.arange(L).expand(B, L), output_hidden_states=True)
+  kw = dict(input_ids=torch.from_numpy(tokens).long(),
+            attention_mask=torch.from_numpy(valid).long(), position_ids=torch.arange(L).expand(B, L), output_hidden_states=True)
   name = type(model).__name__
   if not name.startswith('DistilBert'):
     kw['token_type_ids'] = torch.from_numpy(types).long()

@@ -147,7 +147,8 @@ def split_pretraining(params: dict, disc_config, gen_config) -> tuple[tuple, tup
   """
   require(gen_config.embed_dim != disc_config.embed_dim,
           'a generator as wide as the discriminator has no HF ELECTRA equivalent (HF drops '
-          'embeddings_project when embedding_size == hidden_size): use generator_width_fraction < 1')
+          'embeddings_project when embedding_size == hidden_size): use '
+          'generator_width_fraction < 1')
   require(disc_config.resolved_embedding_size == disc_config.embed_dim,
           'split_pretraining expects the objective\'s unfactorised discriminator (embedding_size '
           'unset)')
