@@ -112,7 +112,8 @@ def _batch(seed: int):
 
 def _run_hf(model, tokens, valid, types) -> dict[str, np.ndarray]:
   kw = dict(input_ids=torch.from_numpy(tokens).long(),
-            attention_mask=torch.from_numpy(valid).long(), position_ids=torch.arange(L).expand(B, L), output_hidden_states=True)
+            attention_mask=torch.from_numpy(valid).long(),
+            position_ids=torch.arange(L).expand(B, L), output_hidden_states=True)
   name = type(model).__name__
   if not name.startswith('DistilBert'):
     kw['token_type_ids'] = torch.from_numpy(types).long()
