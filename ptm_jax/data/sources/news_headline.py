@@ -27,6 +27,7 @@ Every form also carries `tokens`/`segment_ids`/`positions` (what the train loop 
 """
 from __future__ import annotations
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -75,7 +76,9 @@ class NewsHeadline(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {s: self._generate_examples(v) for s, v in read_examples().items()}
+    examples = read_examples()
+    logging.info('news_headline split sizes: %s', {s: len(v) for s, v in examples.items()})
+    return {s: self._generate_examples(v) for s, v in examples.items()}
 
   def _generate_examples(self, rows):
     for article_id, text, title in rows:
