@@ -13,6 +13,7 @@ re-rotation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -48,6 +49,72 @@ def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BNTS.shape)
   probs_BNTS = jnp.where(keep, probs_BNTS / (1.0 - dropout_rate), 0.0)
   return jnp.einsum('bnts,bsnh->btnh', probs_BNTS.astype(v_BSNH.dtype), v_BSNH)
+
+
+def zero_queries_without_keys(out_BLNH: jnp.ndarray,
+                              mask: jnp.ndarray | masks.SegmentMask | None) -> jnp.ndarray:
+  """Zeros for queries that see no key (padding rows), whatever the kernel made of them.
+
+  An all-masked softmax is uniform in XLA and may be NaN or garbage in fused kernels.
+  """
+  if mask is None:
+    return out_BLNH
+  if isinstance(mask, masks.SegmentMask):
+    has_key_BL11 = mask.query_valid()[:, :, None, None]
+  else:
+    has_key_BNL = jnp.any(mask, axis=-1)
+    has_key_BL11 = jnp.transpose(has_key_BNL, (0, 2, 1))[..., None]
+  return jnp.where(has_key_BL11, out_BLNH, jnp.zeros_like(out_BLNH))
+
+
+def _cudnn_packed(q_BLNH, k_BSKH, v_BSKH, mask: masks.SegmentMask, bias, scale):
+  """cuDNN's packed (THD) layout: one kernel call, documents as separate sequences.
+
+  `jax.nn.dot_product_attention` (0.10) does not expose segment offsets, so this calls the
+  function under it; the argument layout follows JAX's own packed-layout test (Hopper+).
+  """
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+  offsets_BM1, lengths_BM = mask.offsets()
+  mask_type = cudnn_fa.MaskType.CAUSAL if mask.causal else cudnn_fa.MaskType.NO_MASK
+  if bias is not None:
+    bias = bias.astype(q_BLNH.dtype)
+  return cudnn_fa.dot_product_attention(
+      q_BLNH, k_BSKH, v_BSKH, bias, None, lengths_BM, lengths_BM, offsets_BM1, offsets_BM1,
+      scale=q_BLNH.shape[-1] ** -0.5 if scale is None else scale, mask_type=mask_type)
+
+
+def dot_product_attention(q_BLNH: jnp.ndarray, k_BSKH: jnp.ndarray, v_BSKH: jnp.ndarray,
+                          mask: jnp.ndarray | masks.SegmentMask | None, *,
+                          bias: jnp.ndarray | None = None, scale: float | None = None,
+                          implementation: str | None = None) -> jnp.ndarray:
+  """`jax.nn.dot_product_attention` given a dense mask or a `masks.SegmentMask`.
+
+  A `SegmentMask` reaches the kernel in the cheapest form its `form` allows: 'lengths' as
+  `is_causal` + sequence lengths, 'packed' as cuDNN segment offsets (on XLA: the dense mask
+  rebuilt from those offsets), 'dense' as the dense mask. Queries that see no key give zeros.
+  """
+  if bias is not None and implementation == 'cudnn':
+    bias = bias.astype(q_BLNH.dtype)  # cuDNN wants the bias in the compute dtype
+  call = functools.partial(jax.nn.dot_product_attention, q_BLNH, k_BSKH, v_BSKH, bias=bias,
+                           scale=scale, implementation=implementation)
+  if not isinstance(mask, masks.SegmentMask):
+    out_BLNH = call(mask=mask)
+  elif q_BLNH.shape[1] != k_BSKH.shape[1]:
+    raise ValueError('a SegmentMask describes self-attention (same query and key length); '
+                     'pass a dense mask for cross-attention or a KV cache')
+  elif mask.form == 'lengths':
+    lengths_B = mask.lengths()
+    out_BLNH = call(is_causal=mask.causal, query_seq_lengths=lengths_B,
+                    key_value_seq_lengths=lengths_B)
+  elif mask.form == 'packed' and implementation == 'cudnn':
+    out_BLNH = _cudnn_packed(q_BLNH, k_BSKH, v_BSKH, mask, bias, scale)
+  elif mask.form == 'packed':
+    offsets_BM1, lengths_BM = mask.offsets()
+    out_BLNH = call(mask=masks.dense_from_offsets(offsets_BM1, lengths_BM, q_BLNH.shape[1],
+                                                  mask.causal))
+  else:
+    out_BLNH = call(mask=mask.dense())
+  return zero_queries_without_keys(out_BLNH, mask)
 
 
 class CacheView(NamedTuple):
@@ -114,7 +181,8 @@ class Attention(nn.Module):
                deterministic: bool = True, bias: jnp.ndarray | None = None,
                kv_BSD: jnp.ndarray | None = None, use_cache: bool = False,
                cache_index: jnp.ndarray | None = None) -> jnp.ndarray:
-    """x `[B, L, D]`, bool mask broadcastable to `[B, N, L, S]`, rotary (cos, sin) `[B, L, H]`.
+    """x `[B, L, D]`, bool mask broadcastable to `[B, N, L, S]` (or a `masks.SegmentMask` for
+    self-attention without cache), rotary (cos, sin) `[B, L, H]`.
 
     `bias` (float, broadcastable to `[B, N, L, S]`) is added to the logits; `kv_BSD` makes this
     cross-attention (keys and values from `[B, S, D]`, e.g. the encoder output). With
@@ -166,21 +234,14 @@ class Attention(nn.Module):
     v_BSKH = nn.with_logical_constraint(v_BSKH, axes)
 
     if self.attention_dropout_rate > 0.0 and not deterministic:
+      dense = mask.dense() if isinstance(mask, masks.SegmentMask) else mask
       out_BLNH = einsum_attention_with_dropout(
-          q_BLNH, k_BSKH, v_BSKH, mask, dropout_rate=self.attention_dropout_rate,
+          q_BLNH, k_BSKH, v_BSKH, dense, dropout_rate=self.attention_dropout_rate,
           dropout_rng=self.make_rng('dropout'), bias=bias, scale=self.scale)
+      out_BLNH = zero_queries_without_keys(out_BLNH, mask)
     else:
-      if bias is not None and self.implementation == 'cudnn':
-        bias = bias.astype(q_BLNH.dtype)  # cuDNN wants the bias in the compute dtype
-      out_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BSKH, v_BSKH, bias=bias, mask=mask,
-                                              scale=self.scale,
-                                              implementation=self.implementation)
-    if mask is not None:
-      # A query with no visible key (a padding row) gets zeros instead of whatever the kernel
-      # makes of an all-masked softmax (uniform in XLA, possibly NaN elsewhere).
-      has_key_BNL = jnp.any(mask, axis=-1)
-      has_key_BLN1 = jnp.transpose(has_key_BNL, (0, 2, 1))[..., None]
-      out_BLNH = jnp.where(has_key_BLN1, out_BLNH, jnp.zeros_like(out_BLNH))
+      out_BLNH = dot_product_attention(q_BLNH, k_BSKH, v_BSKH, mask, bias=bias, scale=self.scale,
+                                       implementation=self.implementation)
     out_BLNH = nn.with_logical_constraint(out_BLNH, axes)
 
     out_BLD = nn.DenseGeneral(

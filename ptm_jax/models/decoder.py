@@ -48,6 +48,12 @@ class Config:
   param_dtype: Any = 'float32'
   remat: bool = False
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
+  # How the causal × segment mask reaches the kernel (layers.masks.SegmentMask): 'dense' (any
+  # rows), 'lengths' (one right-padded document per row: is_causal + lengths, cuDNN's fast path),
+  # 'packed' (<= mask_max_segments contiguous documents per row: cuDNN segment offsets).
+  # Prefix LM, an explicit attention_mask and KV-cache decoding always use the dense mask.
+  mask_form: str = 'dense'
+  mask_max_segments: int = 8
 
   @property
   def resolved_head_dim(self) -> int:
@@ -88,6 +94,8 @@ class Model(nn.Module):
     dt = dtypes(cfg)
     if cfg.positions not in ('learned', 'rotary', 'sinusoidal'):
       raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
+    if cfg.mask_form not in masks.MASK_FORMS:
+      raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
     self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embed_dim,
                                         init_stddev=cfg.initializer_range, **dt)
     if cfg.positions == 'learned':
@@ -151,8 +159,13 @@ class Model(nn.Module):
       prefix_BL = prefix_flags.astype(bool)
       key_prefix_BS = view.place(prefix_BL) if use_cache else prefix_BL
       causal = causal | (prefix_BL[:, None, :, None] & key_prefix_BS[:, None, None, :])
-    mask = masks.combine(causal, masks.padding_mask(key_segments),
-                         masks.segment_mask(segment_ids, key_segments), attention_mask)
+    if cfg.mask_form != 'dense' and not use_cache and prefix_flags is None and (
+        attention_mask is None):
+      mask = masks.SegmentMask(segment_ids, causal=True, form=cfg.mask_form,
+                               max_segments=cfg.mask_max_segments)
+    else:
+      mask = masks.combine(causal, masks.padding_mask(key_segments),
+                           masks.segment_mask(segment_ids, key_segments), attention_mask)
     rotary = None
     if cfg.positions == 'rotary':
       rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)

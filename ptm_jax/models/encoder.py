@@ -40,6 +40,9 @@ class Config:
   # embeddings (decoupled embeddings, Chung et al. 2021): a rare word's input vector then moves only
   # when the word is seen, not with every softmax over the vocabulary.
   tie_embeddings: bool = True
+  # True: pre-LN blocks + a final LayerNorm (Xiong et al. 2020): trains without a long warmup and
+  # tolerates higher learning rates, which small CPU-budget runs need; BERT itself is post-LN.
+  pre_norm: bool = False
   position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
   block_position_embeddings: bool = False  # GLM: a second learned table (position inside a span)
   layer_norm_eps: float = 1e-12
@@ -51,6 +54,12 @@ class Config:
   param_dtype: Any = 'float32'
   remat: bool = False
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
+  # How the padding × segment mask reaches the kernel (layers.masks.SegmentMask): 'dense' (any
+  # rows), 'lengths' (one right-padded document per row: sequence lengths, cuDNN's fast path),
+  # 'packed' (<= mask_max_segments contiguous documents per row: cuDNN segment offsets).
+  # An explicit attention_mask (UniLM, GLM, ...) always uses the dense mask.
+  mask_form: str = 'dense'
+  mask_max_segments: int = 8
 
   @property
   def resolved_head_dim(self) -> int:
@@ -151,11 +160,13 @@ class Model(nn.Module):
     block = blocks.block_class(cfg.remat)
     self.layers = [
         block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
-              pre_norm=False, norm='layernorm', norm_eps=cfg.layer_norm_eps, mlp='mlp',
+              pre_norm=cfg.pre_norm, norm='layernorm', norm_eps=cfg.layer_norm_eps, mlp='mlp',
               activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
               attention_dropout_rate=cfg.attention_dropout_rate,
               init_stddev=cfg.initializer_range, attention_impl=cfg.attention_impl, **dt)
         for _ in range(cfg.num_layers)]
+    if cfg.pre_norm:
+      self.final_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
     self.mlm_head = (MLMHead(cfg) if width == cfg.embed_dim
                      else MLMHead(cfg, width=width, axes=('embed', None)))
     if not cfg.tie_embeddings:
@@ -189,12 +200,22 @@ class Model(nn.Module):
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
              output_hidden_states: bool = False):
     """Runs the blocks on embeddings; returns (hidden `[B, L, D]`, hidden_states tuple or None)."""
-    mask = masks.combine(masks.padding_mask(segment_ids),
-                         masks.segment_mask(segment_ids, segment_ids), attention_mask)
+    cfg = self.config
+    if cfg.mask_form not in masks.MASK_FORMS:
+      raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
+    if cfg.mask_form != 'dense' and attention_mask is None:
+      mask = masks.SegmentMask(segment_ids, causal=False, form=cfg.mask_form,
+                               max_segments=cfg.mask_max_segments)
+    else:
+      mask = masks.combine(masks.padding_mask(segment_ids),
+                           masks.segment_mask(segment_ids, segment_ids), attention_mask)
     states = [x_BLD]
     for layer in self.layers:
       x_BLD = layer(x_BLD, mask, None, deterministic)
       states.append(x_BLD)
+    if self.config.pre_norm:  # pre-LN residual streams are unnormalised until here
+      x_BLD = self.final_norm(x_BLD)
+      states[-1] = x_BLD
     return x_BLD, (tuple(states) if output_hidden_states else None)
 
   def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
