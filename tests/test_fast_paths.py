@@ -5,6 +5,9 @@
   the offsets, so the offsets themselves are checked) give the dense-mask outputs and gradients
   for unpadded, right-padded and packed rows, causal and bidirectional, GQA, in the layer and in
   the encoder and decoder (with remat); padding queries stay zero.
+- Chunked cross-entropy (`common.chunked_lm_loss_and_metrics`, `clm.Options.loss_chunk_size`):
+  loss, accuracy, z-loss, num_targets and gradients equal the unchunked path (chunks that do and
+  do not divide the length, label smoothing), through `clm.loss` and `prefix_lm.loss`.
 """
 import jax
 import jax.numpy as jnp
@@ -12,7 +15,9 @@ import numpy as np
 import pytest
 
 from ptm_jax import models
+from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.layers import attention, masks
+from ptm_jax.objectives import clm, common, prefix_lm
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -109,3 +114,59 @@ def test_models_mask_forms_equal_dense(family, variant, layout, form, extra):
   for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
 
+
+@pytest.mark.parametrize('chunk', [5, 16])
+def test_chunked_cross_entropy_equals_unchunked(chunk):
+  kh, kw, kt, kx = jax.random.split(jax.random.key(1), 4)
+  hidden = jax.random.normal(kh, (3, L, 8))
+  w_DV = jax.random.normal(kw, (8, 37))
+  targets = jax.random.randint(kt, (3, L), 0, 37)
+  weights = (jax.random.uniform(kx, (3, L)) < 0.7).astype(jnp.float32)
+  project = lambda h, w: jnp.einsum('bcd,dv->bcv', h, w)
+  kw = dict(z_loss=1e-2, label_smoothing=0.1)
+
+  def full(h, w):
+    return common.lm_loss_and_metrics(project(h, w), targets, weights, **kw)
+
+  def chunked(h, w):
+    return common.chunked_lm_loss_and_metrics(h, lambda x: project(x, w), targets, weights,
+                                              chunk_size=chunk, **kw)
+
+  grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+  (ref, ref_m), ref_g = grad(full)(hidden, w_DV)
+  (val, m), g = grad(chunked)(hidden, w_DV)
+  np.testing.assert_allclose(val, ref, rtol=1e-5)
+  assert set(m) == set(ref_m) == {'loss', 'accuracy', 'num_targets', 'z_loss'}
+  for k in m:
+    np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+  for a, b in zip(g, ref_g):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('objective', [clm, prefix_lm])
+def test_chunked_loss_in_the_objectives_equals_unchunked(objective):
+  seg = jnp.asarray(PACKED)
+  tokens = jnp.where(seg > 0, (jnp.arange(L)[None, :] * 5 + 1) % 90 + 5, 0)
+  positions = jnp.asarray(np.concatenate([np.arange(5), np.arange(7), np.arange(4)])[None]
+                          .repeat(3, 0))
+  model = models.build('decoder', 'runlocal', num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
+                       vocab_size=100, dropout_rate=0.0)
+  params = model.init(jax.random.key(0), tokens, segment_ids=seg, positions=positions)['params']
+  batch = objective.corrupt(jax.random.key(2), dict(tokens=tokens, segment_ids=seg,
+                                                    positions=positions),
+                            specials=SpecialIds(vocab_size=100))
+
+  def run(chunk):
+    options = objective.Options(z_loss=1e-3, loss_chunk_size=chunk)
+    f = lambda p: objective.loss(p, batch, None, model=model, options=options)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+  (ref, ref_m), ref_g = run(0)
+  (val, m), g = run(6)
+  np.testing.assert_allclose(val, ref, rtol=1e-5)
+  for k in ref_m:
+    np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
+    objective.Options(loss_chunk_size=-1)

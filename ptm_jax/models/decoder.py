@@ -189,11 +189,14 @@ class Model(nn.Module):
                token_types: jnp.ndarray | None = None,
                attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
                output_hidden_states: bool = False,
-               prefix_flags: jnp.ndarray | None = None, use_cache: bool = False) -> dict[str, Any]:
+               prefix_flags: jnp.ndarray | None = None, use_cache: bool = False,
+               compute_logits: bool = True) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits[, hidden_states]).
 
     `token_types` is accepted for a uniform call signature and ignored; `prefix_flags` makes
-    the flagged positions a bidirectional prefix (see `decode`).
+    the flagged positions a bidirectional prefix (see `decode`). `compute_logits=False` leaves
+    out `logits` for a loss that applies `lm_logits` itself, chunk by chunk
+    (`objectives.common.chunked_lm_loss_and_metrics`).
     """
     del token_types
     x_BLD = self.embed(tokens, positions=positions, deterministic=deterministic)
@@ -201,7 +204,9 @@ class Model(nn.Module):
                                      attention_mask=attention_mask, deterministic=deterministic,
                                      output_hidden_states=output_hidden_states,
                                      prefix_flags=prefix_flags, use_cache=use_cache)
-    out = dict(hidden=hidden_BLD, logits=self.lm_logits(hidden_BLD))
+    out = dict(hidden=hidden_BLD)
+    if compute_logits:
+      out['logits'] = self.lm_logits(hidden_BLD)
     if output_hidden_states:
       out['hidden_states'] = states
     return out

@@ -8,7 +8,9 @@ Recipe, on packed rows:
     segment is not padding (segment_ids != 0): no prediction across a packing boundary, none
     from or into padding;
   * loss = sum of weighted cross-entropy / max(sum of weights, 1), plus an optional z-loss
-    (`z_loss` * log(Z)^2, PaLM) that keeps the softmax normaliser near 1.
+    (`z_loss` * log(Z)^2, PaLM) that keeps the softmax normaliser near 1;
+  * `loss_chunk_size` > 0 computes the same loss chunk by chunk over the sequence (never the
+    full float32 `[B, L, V]` logits; tests/test_fast_paths.py checks equality with gradients).
 
 Tests (tests/test_objectives_clm.py) check that targets are the shifted tokens, that weights are
 zero at the last position of each segment and on padding (a worked example with two packed
@@ -29,10 +31,16 @@ class Options:
   """Causal LM hyper-parameters."""
 
   z_loss: float = 0.0
+  # > 0: the loss runs over chunks of this many positions and never holds the full float32
+  # [B, L, V] logits (common.chunked_lm_loss_and_metrics; decoder models). 0 = unchunked.
+  loss_chunk_size: int = 0
 
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'clm.Options.z_loss must be >= 0, got {self.z_loss}')
+    if self.loss_chunk_size < 0:
+      raise ValueError(f'clm.Options.loss_chunk_size must be >= 0 (0 = off), got '
+                       f'{self.loss_chunk_size}')
 
 
 def corrupt(rng, batch, *, specials, options: Options = Options()):
@@ -52,8 +60,29 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean next-token cross-entropy over the weighted positions, and its metrics."""
   del specials
+  chunk = options.loss_chunk_size
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], token_types=batch.get('token_types'),
-                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
-  return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
-                                    z_loss=options.z_loss)
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
+                    **logits_kwargs(model, chunk))
+  return decoder_loss(model, params, out, batch, z_loss=options.z_loss, chunk_size=chunk)
+
+
+def logits_kwargs(model, chunk_size: int) -> dict:
+  """`compute_logits=False` when the loss is chunked: the model then skips `[B, L, V]`."""
+  if not chunk_size:
+    return {}
+  if not hasattr(model, 'lm_logits'):
+    raise ValueError(f'loss_chunk_size needs a model with an lm_logits method (the decoder '
+                     f'family); {type(model).__name__} has none: set loss_chunk_size=0')
+  return {'compute_logits': False}
+
+
+def decoder_loss(model, params, out, batch, *, z_loss: float, chunk_size: int):
+  """Next-token loss and metrics from the model's logits, or chunked from its hidden states."""
+  if not chunk_size:
+    return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
+                                      z_loss=z_loss)
+  project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')
+  return common.chunked_lm_loss_and_metrics(out['hidden'], project, batch['targets'],
+                                            batch['weights'], chunk_size=chunk_size, z_loss=z_loss)

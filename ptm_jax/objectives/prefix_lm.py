@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ptm_jax.objectives import clm, common, noising
+from ptm_jax.objectives import clm, noising
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +35,14 @@ class Options:
   """Prefix-LM hyper-parameters."""
 
   z_loss: float = 0.0
+  loss_chunk_size: int = 0  # > 0: chunked loss without full [B, L, V] logits (clm.Options)
 
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'prefix_lm.Options.z_loss must be >= 0, got {self.z_loss}')
+    if self.loss_chunk_size < 0:
+      raise ValueError(f'prefix_lm.Options.loss_chunk_size must be >= 0 (0 = off), got '
+                       f'{self.loss_chunk_size}')
 
 
 def split_prefix(rng, segment_ids_BL, positions_BL) -> jax.Array:
@@ -66,8 +70,9 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean next-token cross-entropy over the target portions, and its metrics."""
   del specials
+  chunk = options.loss_chunk_size
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], prefix_flags=batch['prefix_flags'],
-                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
-  return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
-                                    z_loss=options.z_loss)
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
+                    **clm.logits_kwargs(model, chunk))
+  return clm.decoder_loss(model, params, out, batch, z_loss=options.z_loss, chunk_size=chunk)
