@@ -8,13 +8,20 @@
 - Chunked cross-entropy (`common.chunked_lm_loss_and_metrics`, `clm.Options.loss_chunk_size`):
   loss, accuracy, z-loss, num_targets and gradients equal the unchunked path (chunks that do and
   do not divide the length, label smoothing), through `clm.loss` and `prefix_lm.loss`.
+- Vocabulary padding (decoder `vocab_pad_multiple`): with junk in the padded rows, logits (shape
+  and values), the chunked CLM loss and gradients equal the unpadded model's, the padded rows get
+  no gradient; GPT-2 and Llama (untied head) HF export writes the unpadded tensors and import
+  pads them back (`interop.hf.load(config_overrides=...)`).
 """
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ptm_jax import models
+from ptm_jax.interop import hf as interop_hf, maps
+from ptm_jax.models import decoder
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.layers import attention, masks
 from ptm_jax.objectives import clm, common, prefix_lm
@@ -170,3 +177,62 @@ def test_chunked_loss_in_the_objectives_equals_unchunked(objective):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
     objective.Options(loss_chunk_size=-1)
+
+
+def _pad_params(params, cfg, rng):
+  """Unpadded decoder params -> padded ones, with random junk in the extra vocabulary rows."""
+  def pad(x, axis):
+    extra = cfg.padded_vocab_size - x.shape[axis]
+    shape = list(x.shape)
+    shape[axis] = extra
+    return jnp.concatenate([x, 5.0 * jax.random.normal(rng, shape)], axis=axis)
+  out = dict(params, token_embed={'embedding': pad(params['token_embed']['embedding'], 0)})
+  if 'lm_head' in params:
+    out['lm_head'] = {'kernel': pad(params['lm_head']['kernel'], 1)}
+  return out
+
+
+@pytest.mark.parametrize('variant,arch', [('runlocal', 'GPT2LMHeadModel'),
+                                          ('llama_runlocal', 'LlamaForCausalLM')])
+def test_vocab_padding_changes_nothing_visible(variant, arch, tmp_path):
+  kw = dict(num_layers=1, embed_dim=32, num_heads=4, mlp_dim=64, vocab_size=100,
+            dropout_rate=0.0)
+  plain = models.build('decoder', variant, **kw)
+  padded = models.build('decoder', variant, **kw, vocab_pad_multiple=64)
+  assert padded.config.padded_vocab_size == 128
+  seg = jnp.asarray(PADDED)
+  tokens = jnp.where(seg > 0, (jnp.arange(L)[None, :] * 7 + 1) % 95 + 5, 0)
+  positions = jnp.broadcast_to(jnp.arange(L)[None, :], seg.shape)
+  params = nn.unbox(plain.init(jax.random.key(0), tokens, segment_ids=seg,
+                              positions=positions)['params'])
+  params_p = _pad_params(params, padded.config, jax.random.key(1))
+  run = lambda m, p: m.apply({'params': p}, tokens, segment_ids=seg, positions=positions)['logits']
+  ref, out = run(plain, params), run(padded, params_p)
+  assert out.shape == ref.shape == (3, L, 100)
+  np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+
+  batch = clm.corrupt(None, dict(tokens=tokens, segment_ids=seg, positions=positions),
+                      specials=SpecialIds(vocab_size=100))
+  options = clm.Options(loss_chunk_size=8)
+  grad = lambda m, p: jax.jit(jax.value_and_grad(
+      lambda p: clm.loss(p, batch, None, model=m, options=options)[0]))(p)
+  (ref_loss, ref_g), (loss, g) = grad(plain, params), grad(padded, params_p)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  emb, ref_emb = g['token_embed']['embedding'], ref_g['token_embed']['embedding']
+  np.testing.assert_allclose(emb[:100], ref_emb, atol=1e-6)
+  assert not np.any(emb[100:])  # the padded rows are no tokens: no gradient reaches them
+
+  # HF export drops the padded rows (the same tensors as the unpadded model's); import pads.
+  amap = maps.for_architecture(arch)
+  ref_t = interop_hf.tensors_from_params(amap, arch, plain.config, params)
+  tensors = interop_hf.tensors_from_params(amap, arch, padded.config, params_p)
+  assert set(tensors) == set(ref_t)
+  for name in ref_t:
+    np.testing.assert_array_equal(tensors[name], ref_t[name], err_msg=name)
+  interop_hf.save(padded.config, 'decoder', params_p, str(tmp_path), architecture=arch)
+  back = interop_hf.load(str(tmp_path), config_overrides=dict(vocab_pad_multiple=64))
+  assert back.config.padded_vocab_size == 128
+  assert back.params['token_embed']['embedding'].shape == (128, 32)
+  np.testing.assert_allclose(run(back.model, back.params), ref, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match='vocab_pad_multiple=-1 must be >= 0'):
+    run(models.build('decoder', variant, **kw, vocab_pad_multiple=-1), params)

@@ -168,14 +168,19 @@ def arch_of(hf_config: dict) -> tuple[maps.ArchMap, str]:
   return amap, amap.default_architecture
 
 
-def load(directory: str, *, seed: int = 0) -> Pretrained:
-  """An HF checkpoint directory -> `Pretrained` (model, params, config, tokenizer)."""
+def load(directory: str, *, seed: int = 0, config_overrides: dict | None = None) -> Pretrained:
+  """An HF checkpoint directory -> `Pretrained` (model, params, config, tokenizer).
+
+  `config_overrides` sets fields HF files do not carry, e.g. `vocab_pad_multiple=128` (the
+  decoder maps then pad the vocabulary tables) or `mask_form`.
+  """
   hf_config = read_config(directory)
   amap, architecture = arch_of(hf_config)
   st = SafetensorsDir(directory)
   fields = amap.config_from_hf(hf_config)
   if amap.config_from_names is not None:
     fields = amap.config_from_names(fields, set(st.names))
+  fields.update(config_overrides or {})
   config = make_config(amap.family, fields)
   model = models.get_family(amap.family).Model(config)
   params, initialised = params_from_tensors(amap, config, st.names, st.shape, st.get,

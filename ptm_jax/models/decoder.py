@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ptm_jax.layers import attention, blocks, embeddings, masks, norms
 from ptm_jax.layers import positions as positions_lib
@@ -25,6 +26,10 @@ class Config:
   """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context)."""
 
   vocab_size: int = 50257
+  # > 1: the embedding table / LM head get rows up to the next multiple (GPT-2: 50257 -> 50304
+  # with 128), so the vocabulary matmuls have tensor-core-friendly shapes; logits are sliced
+  # back to vocab_size, so losses and generation never see the extra rows. 0 = no padding.
+  vocab_pad_multiple: int = 0
   embed_dim: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -58,6 +63,21 @@ class Config:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the embedding table and LM head: vocab_size rounded up to vocab_pad_multiple."""
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m if m > 1 else self.vocab_size
+
+
+def pad_vocab_rows(table_VD, cfg: Config):
+  """An HF `[vocab_size, ...]` table -> our `[padded_vocab_size, ...]` (zero rows appended)."""
+  extra = cfg.padded_vocab_size - table_VD.shape[0]
+  if extra < 0:
+    raise ValueError(f'table has {table_VD.shape[0]} rows, more than padded_vocab_size='
+                     f'{cfg.padded_vocab_size}; check vocab_size')
+  return np.pad(np.asarray(table_VD), [(0, extra)] + [(0, 0)] * (table_VD.ndim - 1))
 
 
 def dtypes(cfg: Config) -> dict[str, Any]:
@@ -94,9 +114,11 @@ class Model(nn.Module):
     dt = dtypes(cfg)
     if cfg.positions not in ('learned', 'rotary', 'sinusoidal'):
       raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
+    if cfg.vocab_pad_multiple < 0:
+      raise ValueError(f'vocab_pad_multiple={cfg.vocab_pad_multiple} must be >= 0 (0 = off)')
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
-    self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embed_dim,
+    self.token_embed = embeddings.Embed(cfg.padded_vocab_size, cfg.embed_dim,
                                         init_stddev=cfg.initializer_range, **dt)
     if cfg.positions == 'learned':
       self.position_embed = positions_lib.LearnedPositions(
@@ -119,7 +141,7 @@ class Model(nn.Module):
     if not cfg.tie_embeddings:
       # float32 accumulation and output without upcasting the [D, V] kernel.
       self.lm_head = nn.Dense(
-          cfg.vocab_size, use_bias=False, **dt,
+          cfg.padded_vocab_size, use_bias=False, **dt,
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.normal(cfg.initializer_range), ('embed', 'vocab')),
           dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
@@ -179,10 +201,15 @@ class Model(nn.Module):
 
   def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`)."""
-    if self.config.tie_embeddings:
+    cfg = self.config
+    if cfg.tie_embeddings:
       logits_BLV = self.token_embed.attend(hidden_BLD)
     else:
       logits_BLV = self.lm_head(hidden_BLD).astype(jnp.float32)
+    if cfg.padded_vocab_size != cfg.vocab_size:
+      # The padded rows are no tokens: dropped here (fused into the consumer by XLA), so no loss,
+      # argmax or sampler ever sees them and they get no gradient.
+      logits_BLV = logits_BLV[..., :cfg.vocab_size]
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
   def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,

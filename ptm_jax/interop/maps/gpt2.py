@@ -2,13 +2,15 @@
 
 GPT-2 uses `Conv1D` layers whose weights are stored `[in, out]` (the transpose of `nn.Linear`),
 so kernels are copied without a transpose; `c_attn` packs q, k, v along its output axis.
-The LM head is tied to `wte`; a stored `lm_head.weight` copy is ignored.
+The LM head is tied to `wte`; a stored `lm_head.weight` copy is ignored. A config with
+`vocab_pad_multiple` gets `wte` padded with zero rows on import and sliced back on export.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from ptm_jax.interop.maps import ArchMap, Getter, activation_from_hf, ln, ln_out, require
+from ptm_jax.models.decoder import pad_vocab_rows
 
 
 def _config_from_hf(c: dict) -> dict:
@@ -50,7 +52,7 @@ def _config_to_hf(cfg) -> dict:
 def _params_from_hf(get: Getter, cfg) -> dict:
   n, h, d = cfg.num_heads, cfg.resolved_head_dim, cfg.embed_dim
   conv = lambda name: {'kernel': get(name + '.weight'), 'bias': get(name + '.bias')}
-  p = {'token_embed': {'embedding': get('transformer.wte.weight')},
+  p = {'token_embed': {'embedding': pad_vocab_rows(get('transformer.wte.weight'), cfg)},
        'position_embed': {'embedding': get('transformer.wpe.weight')},
        'final_norm': ln(get, 'transformer.ln_f')}
   for i in range(cfg.num_layers):
@@ -70,7 +72,7 @@ def _params_from_hf(get: Getter, cfg) -> dict:
 
 
 def _params_to_hf(p: dict, cfg) -> dict:
-  out = {'transformer.wte.weight': p['token_embed']['embedding'],
+  out = {'transformer.wte.weight': p['token_embed']['embedding'][:cfg.vocab_size],
          'transformer.wpe.weight': p['position_embed']['embedding']}
   out.update(ln_out(p['final_norm'], 'transformer.ln_f'))
   for i in range(cfg.num_layers):

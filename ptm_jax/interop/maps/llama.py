@@ -3,10 +3,13 @@
 Rotary positions in HF's rotate-half layout (the same as ours, so q/k import unpermuted; GGUF files
 store them permuted, see `interop/gguf.py`), grouped-query attention, SwiGLU, RMSNorm, and an LM
 head that is untied unless `tie_word_embeddings` (SmolLM2 ties it). RoPE scaling is not supported.
+A config with `vocab_pad_multiple` gets the embedding and LM head padded with zero vocabulary
+rows on import and sliced back on export.
 """
 from __future__ import annotations
 
 from ptm_jax.interop.maps import ArchMap, Getter, activation_from_hf, dense, dense_out, require
+from ptm_jax.models.decoder import pad_vocab_rows
 
 
 def _rope_theta(c: dict) -> float:
@@ -63,10 +66,10 @@ def _params_from_hf(get: Getter, cfg) -> dict:
       out['bias'] = get(name + '.bias').reshape(k, h)
     return out
 
-  p = {'token_embed': {'embedding': get('model.embed_tokens.weight')},
+  p = {'token_embed': {'embedding': pad_vocab_rows(get('model.embed_tokens.weight'), cfg)},
        'final_norm': {'scale': get('model.norm.weight')}}
   if not cfg.tie_embeddings:
-    p['lm_head'] = {'kernel': get('lm_head.weight').T}
+    p['lm_head'] = {'kernel': pad_vocab_rows(get('lm_head.weight'), cfg).T}
   for i in range(cfg.num_layers):
     pre = f'model.layers.{i}.'
     out = {'kernel': get(pre + 'self_attn.o_proj.weight').T.reshape(n, h, -1)}
@@ -86,10 +89,10 @@ def _params_from_hf(get: Getter, cfg) -> dict:
 
 
 def _params_to_hf(p: dict, cfg) -> dict:
-  out = {'model.embed_tokens.weight': p['token_embed']['embedding'],
+  out = {'model.embed_tokens.weight': p['token_embed']['embedding'][:cfg.vocab_size],
          'model.norm.weight': p['final_norm']['scale']}
   if 'lm_head' in p:
-    out['lm_head.weight'] = p['lm_head']['kernel'].T
+    out['lm_head.weight'] = p['lm_head']['kernel'][:, :cfg.vocab_size].T
   for i in range(cfg.num_layers):
     pre, layer = f'model.layers.{i}.', p[f'layers_{i}']
     a = layer['attention']
