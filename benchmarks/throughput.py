@@ -107,6 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--attention_impl', default='auto',
                  help="comma list of none|xla|cudnn, one row each; auto = cudnn on GPU, none else")
   p.add_argument('--remat', action='store_true', help='ours: rematerialise each block')
+  p.add_argument('--variants', default='default',
+                 help="ours: ';'-separated option sets, one row each (x each --attention_impl), "
+                      "e.g. 'default;mask=lengths;mask=lengths,loss_chunk=1024,vocab_pad=128'. "
+                      f"Keys: {', '.join(VARIANT_KEYS)} (docs/benchmarks.md)")
   p.add_argument('--dropout', type=float, default=0.1, help='hidden dropout, both sides')
   p.add_argument('--numerics', action='store_true',
                  help='ours: loss and gradient in bf16 vs fp32 on one batch (first impl)')
@@ -125,7 +129,45 @@ def parse_args(argv=None) -> argparse.Namespace:
   unknown = [w for w in args.workloads.split(',') if w not in WORKLOADS]
   if unknown:
     p.error(f'unknown workload(s) {unknown}; choose from {", ".join(WORKLOADS)}')
+  try:
+    args.variant_list = parse_variants(args.variants)
+  except ValueError as e:
+    p.error(str(e))
   return args
+
+
+# --variants keys -> what they set (the means of docs/benchmarks.md "Means implemented"):
+# mask: Config.mask_form (both families); loss_chunk: clm.Options.loss_chunk_size (CLM only);
+# vocab_pad: decoder Config.vocab_pad_multiple (decoder only). Keys a workload lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad')
+
+
+def parse_variants(text: str) -> list[dict]:
+  """'default;mask=lengths,loss_chunk=1024' -> [{}, {'mask': 'lengths', 'loss_chunk': 1024}]."""
+  out = []
+  for item in text.split(';'):
+    item = item.strip()
+    opts = {}
+    for pair in filter(None, item.split(',') if item not in ('', 'default') else []):
+      key, _, value = pair.partition('=')
+      if key not in VARIANT_KEYS:
+        raise ValueError(f'--variants: unknown key {key!r} in {item!r}; keys: '
+                         f'{", ".join(VARIANT_KEYS)}')
+      if key == 'mask':
+        if value not in ('dense', 'lengths', 'packed'):
+          raise ValueError(f'--variants: mask={value!r}; use dense, lengths or packed')
+        opts[key] = value
+      elif value.isdigit():
+        opts[key] = int(value)
+      else:
+        raise ValueError(f'--variants: {key}={value!r} must be a non-negative integer')
+    out.append(opts)
+  return out
+
+
+def variant_label(options: dict) -> str:
+  """',mask=lengths,loss_chunk=1024' for a row's variant column ('' for the defaults)."""
+  return ''.join(f',{k}={options[k]}' for k in VARIANT_KEYS if k in options)
 
 
 def _batch_overrides(text: str) -> dict[str, int]:
@@ -190,13 +232,15 @@ def build_plan(args) -> list[dict]:
   compiled, numerics = [], []
   for name in names:
     wl = workload_spec(name, args)
-    plan += [dict(common, kind='ours', workload=wl, attention_impl=impl) for impl in impls]
+    plan += [dict(common, kind='ours', workload=wl, attention_impl=impl, options=options)
+             for impl in impls for options in args.variant_list]
     if not args.skip_reference:
       for i, mode in enumerate(modes):
         (plan if i == 0 else compiled).append(dict(common, kind='reference', workload=wl,
                                                    torch_mode=mode))
     if args.numerics:
-      numerics.append(dict(common, kind='numerics', workload=wl, attention_impl=impls[0]))
+      numerics.append(dict(common, kind='numerics', workload=wl, attention_impl=impls[0],
+                           options=args.variant_list[0]))
   plan += compiled + numerics
   if args.max_batch:
     plan += [dict(kind='max_batch', workload=workload_spec(name, args)) for name in names]
@@ -207,7 +251,8 @@ def _fits(spec: dict, side: str, batch: int, args, budget_left, log_dir) -> dict
   wl = workload_spec(spec['workload']['name'], args, batch)
   child = dict(kind=side, mode='fit', workload=wl, seed=args.seed, steps=2, windows=1, warmup=1,
                dropout=args.dropout, remat=args.remat,
-               attention_impl=args.attention_impl.split(',')[-1], torch_mode='eager')
+               attention_impl=args.attention_impl.split(',')[-1], torch_mode='eager',
+               options=args.variant_list[-1])
   recs = _run_child(child, min(args.child_timeout_s, budget_left()), log_dir)
   ok = any(r.get('kind') == 'throughput' and not r.get('error') for r in recs)
   peak = next((r.get('peak_memory_bytes') for r in recs if r.get('kind') == 'throughput'), None)
@@ -290,7 +335,7 @@ def _notes(results: dict) -> list[str]:
   cud = results.get('checks', {}).get('cudnn_vs_xla', {})
   if cud.get('skipped'):
     out.append(f"cuDNN vs XLA attention: skipped ({cud['skipped']})")
-  for c in cud.get('cases', []):
+  for c in cud.get('cases', []) + cud.get('structured', []):
     out.append(f"cuDNN vs XLA attention [{c['mask']}]: " + (
         f"error {c['error'][:100]}" if c.get('error') else
         f"max |out diff| {c['out_max_abs_diff']:.2e}, max |grad diff| {c['grad_max_abs_diff']:.2e}"
@@ -383,7 +428,8 @@ def main(argv=None) -> dict | None:
   with tempfile.TemporaryDirectory() as log_dir:
     for spec in plan:
       label = ' '.join(str(x) for x in (spec['kind'], spec.get('workload', {}).get('name'),
-                                         spec.get('torch_mode') or spec.get('attention_impl'))
+                                         spec.get('torch_mode') or spec.get('attention_impl'),
+                                         variant_label(spec.get('options') or {}).lstrip(','))
                        if x)
       if budget_left() < 30:
         results['skipped'].append(f'{label}: --budget_s {args.budget_s:.0f} s used up')

@@ -85,17 +85,40 @@ def make_batch(seed: int, batch: int, seq_len: int, vocab: int) -> dict:
                                          tokens.shape))
 
 
+def applied_options(wl: dict, options: dict) -> dict:
+  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
+  keep = {'mask'}
+  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
+  keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
+  return {k: v for k, v in options.items() if k in keep}
+
+
 def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
   from ptm_jax import models, objectives, steps
   from ptm_jax.data.vocab import SpecialIds
+  opts = applied_options(wl, spec.get('options') or {})
+  fast = {}
+  if 'mask' in opts:
+    fast['mask_form'] = opts['mask']
+  if 'vocab_pad' in opts:
+    fast['vocab_pad_multiple'] = opts['vocab_pad']
   model = models.build(wl['family'], wl['variant'], **wl['overrides'], dtype=dtype,
                        param_dtype='float32', dropout_rate=spec['dropout'], remat=spec['remat'],
-                       attention_impl=impl)
+                       attention_impl=impl, **fast)
   objective = objectives.get(wl['objective'])
+  obj_options = (objective.Options(loss_chunk_size=opts['loss_chunk']) if 'loss_chunk' in opts
+                 else objective.Options())
   loss_fn, corrupt_fn = steps.bind_objective(
-      objective, model=model, options=objective.Options(),
+      objective, model=model, options=obj_options,
       specials=SpecialIds(vocab_size=wl['dims']['vocab_size']))
   return model, loss_fn, corrupt_fn
+
+
+def _variant(impl: str | None, wl: dict, spec: dict) -> str:
+  from throughput import variant_label
+  options = applied_options(wl, spec.get('options') or {})
+  remat = ',remat' if spec.get('remat') else ''
+  return f"attn={impl or 'default'}" + variant_label(options) + remat
 
 
 def run(spec: dict, emit) -> None:
@@ -107,7 +130,8 @@ def run(spec: dict, emit) -> None:
   b, t = wl['batch'], wl['seq_len']
   impl = _resolve_impl(spec['attention_impl'], backend)
   row = dict(kind='throughput', workload=wl['name'], family=wl['family'], side='ours',
-             variant=f"attn={impl or 'default'}" + (',remat' if spec['remat'] else ''),
+             variant=_variant(impl, wl, spec),
+             options=applied_options(wl, spec.get('options') or {}),
              attention_impl=impl, remat=spec['remat'], batch=b, seq_len=t, dims=wl['dims'],
              backend=backend, device=jax.devices()[0].device_kind, mode=spec['mode'])
   try:
@@ -155,7 +179,7 @@ def run_numerics(spec: dict, emit) -> None:
   import optax
   wl = spec['workload']
   impl = _resolve_impl(spec['attention_impl'], jax.default_backend())
-  rec = dict(kind='numerics', workload=wl['name'], variant=f"attn={impl or 'default'}",
+  rec = dict(kind='numerics', workload=wl['name'], variant=_variant(impl, wl, dict(spec, remat=0)),
              rows=min(wl['batch'], 8))
   try:
     model, loss_bf16, corrupt_fn = _build(wl, spec, impl, 'bfloat16')
@@ -208,18 +232,36 @@ def matmul_peak(sizes: tuple[int, ...], calls: int = 10, windows: int = 5) -> di
   return out
 
 
-def _attention_cases(t: int) -> dict:
-  """The masks the models build: padding, causal + padding, causal + packed documents."""
-  from ptm_jax.layers import masks
+def _attention_rows(t: int) -> tuple[np.ndarray, np.ndarray]:
+  """Segment ids `[4, t]`: right-padded single documents, and packed documents + padding."""
   lengths = np.array([t, (4 * t) // 5, t // 2 + 1, t // 5])
   pos = np.arange(t)
   valid = pos[None, :] < lengths[:, None]
   padded = valid.astype(np.int32)
   packed = np.where(valid, 1 + (pos >= t // 3) + (pos >= (2 * t) // 3), 0).astype(np.int32)
+  return padded, packed
+
+
+def _attention_cases(t: int) -> dict:
+  """The masks the models build: padding, causal + padding, causal + packed documents."""
+  from ptm_jax.layers import masks
+  padded, packed = _attention_rows(t)
   own = lambda seg: masks.combine(masks.padding_mask(seg), masks.segment_mask(seg, seg))
   return {'padding': own(padded),
           'causal+padding': masks.combine(masks.causal_mask(t), own(padded)),
           'causal+packed': masks.combine(masks.causal_mask(t), own(packed))}
+
+
+def _structured_cases(t: int) -> dict:
+  """The same masks as `masks.SegmentMask` in the forms of `Config.mask_form` (--variants mask=)."""
+  from ptm_jax.layers import masks
+  padded, packed = _attention_rows(t)
+  return {f'{"causal+" if causal else ""}{rows} [{form}]':
+          masks.SegmentMask(seg, causal=causal, form=form, max_segments=4)
+          for causal in (False, True)
+          for rows, seg, forms in (('padding', padded, ('lengths', 'packed')),
+                                   ('packed', packed, ('packed',)))
+          for form in forms}
 
 
 def cudnn_check(seed: int, b: int = 4, t: int = 512, n: int = 12, h: int = 64,
@@ -227,37 +269,43 @@ def cudnn_check(seed: int, b: int = 4, t: int = 512, n: int = 12, h: int = 64,
   """`jax.nn.dot_product_attention` cuDNN vs XLA, both bf16, each against an fp32 XLA reference.
 
   Outputs and gradients (q, k, v under a random cotangent) are compared with the model's own
-  treatment of query rows that see no key (zeroed). within_tolerance: cuDNN's error against
-  fp32 is at most twice XLA-bf16's (+1e-3), for outputs and for gradients. `candidate` is
+  treatment of query rows that see no key (zeroed, `layers.attention.dot_product_attention`).
+  within_tolerance: cuDNN's error against fp32 is at most twice XLA-bf16's (+1e-3), for outputs
+  and for gradients. `cases`: dense masks on both sides; `structured`: the candidate gets the
+  `SegmentMask` forms (lengths / packed offsets), XLA the equivalent dense mask. `candidate` is
   'cudnn' except in the CPU test of this function.
   """
   import jax
   import jax.numpy as jnp
+  from ptm_jax.layers import attention
   keys = jax.random.split(jax.random.key(seed), 4)
   q, k, v, ct = (jax.random.normal(kk, (b, t, n, h), jnp.float32) for kk in keys)
-  out = dict(shape=dict(batch=b, length=t, heads=n, head_dim=h), candidate=candidate, cases=[])
+  out = dict(shape=dict(batch=b, length=t, heads=n, head_dim=h), candidate=candidate, cases=[],
+             structured=[])
   mad = lambda a, c: float(jnp.max(jnp.abs(a - c)))
   gmad = lambda a, c: max(mad(x, y) for x, y in zip(a, c))
-  for name, mask in _attention_cases(t).items():
-    has_key = jnp.transpose(jnp.any(mask, axis=-1), (0, 2, 1))[..., None]  # [B, T, 1, 1]
 
-    def run(impl, dtype, mask=mask, has_key=has_key):
-      def attend(q, k, v):
-        o = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                         mask=mask, implementation=impl)
-        return jnp.where(has_key, o, jnp.zeros_like(o)).astype(jnp.float32)
+  def run(impl, dtype, mask):
+    def attend(q, k, v):
+      o = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                          mask, implementation=impl)
+      return o.astype(jnp.float32)
 
-      def both(q, k, v):
-        grads = jax.grad(lambda *a: jnp.sum(attend(*a) * ct), argnums=(0, 1, 2))(q, k, v)
-        return attend(q, k, v), grads
-      return jax.jit(both)(q, k, v)
+    def both(q, k, v):
+      grads = jax.grad(lambda *a: jnp.sum(attend(*a) * ct), argnums=(0, 1, 2))(q, k, v)
+      return attend(q, k, v), grads
+    return jax.jit(both)(q, k, v)
 
+  cases = [('cases', name, mask, mask) for name, mask in _attention_cases(t).items()]
+  cases += [('structured', name, spec.dense(), spec)
+            for name, spec in _structured_cases(t).items()]
+  for group, name, dense, candidate_mask in cases:
     case = dict(mask=name)
     try:
       with jax.default_matmul_precision('highest'):
-        ref_o, ref_g = run('xla', jnp.float32)
-      xla_o, xla_g = run('xla', jnp.bfloat16)
-      cud_o, cud_g = run(candidate, jnp.bfloat16)
+        ref_o, ref_g = run('xla', jnp.float32, dense)
+      xla_o, xla_g = run('xla', jnp.bfloat16, dense)
+      cud_o, cud_g = run(candidate, jnp.bfloat16, candidate_mask)
       case.update(out_max_abs_diff=mad(cud_o, xla_o), grad_max_abs_diff=gmad(cud_g, xla_g),
                   out_err_cudnn=mad(cud_o, ref_o), out_err_xla=mad(xla_o, ref_o),
                   grad_err_cudnn=gmad(cud_g, ref_g), grad_err_xla=gmad(xla_g, ref_g))
@@ -266,7 +314,7 @@ def cudnn_check(seed: int, b: int = 4, t: int = 512, n: int = 12, h: int = 64,
           and case['grad_err_cudnn'] <= 2 * case['grad_err_xla'] + 1e-3)
     except Exception as e:
       case.update(error=_error(e), traceback=traceback.format_exc()[-2000:])
-    out['cases'].append(case)
+    out[group].append(case)
   return out
 
 

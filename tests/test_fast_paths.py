@@ -12,6 +12,8 @@
   and values), the chunked CLM loss and gradients equal the unpadded model's, the padded rows get
   no gradient; GPT-2 and Llama (untied head) HF export writes the unpadded tensors and import
   pads them back (`interop.hf.load(config_overrides=...)`).
+- benchmarks/throughput.py `--variants` parses into these options and applies each only where
+  the workload has it.
 """
 import flax.linen as nn
 import jax
@@ -29,13 +31,13 @@ from ptm_jax.objectives import clm, common, prefix_lm
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 L = 16
-# Row layouts: one full document, right-padded single documents, packed documents + padding.
-FULL = np.ones((2, L), np.int32)
+# Row layouts: single documents (one unpadded, two right-padded), and packed documents (one row
+# without padding, one with, one single document + padding).
 PADDED = (np.arange(L)[None, :] < np.array([[L], [11], [3]])).astype(np.int32)
 PACKED = np.array([[1] * 5 + [2] * 7 + [3] * 4,
                    [1] * 3 + [2] * 2 + [3] * 6 + [0] * 5,
                    [1] * 9 + [0] * 7], np.int32)
-LAYOUTS = {'full': FULL, 'padded': PADDED, 'packed': PACKED}
+LAYOUTS = {'padded': PADDED, 'packed': PACKED}
 
 
 def _qkv(b, n, k, h=8, seed=0):
@@ -80,7 +82,8 @@ def test_packed_offsets_worked_example():
                                           [0, -1, -1, -1, -1]])
   np.testing.assert_array_equal(lengths, [[5, 7, 4, -1], [3, 2, 6, -1], [9, -1, -1, -1]])
   rebuilt = masks.dense_from_offsets(offsets, lengths, L, causal=True)
-  np.testing.assert_array_equal(rebuilt, masks.SegmentMask(jnp.asarray(PACKED), causal=True).dense())
+  dense = masks.SegmentMask(jnp.asarray(PACKED), causal=True).dense()
+  np.testing.assert_array_equal(rebuilt, dense)
 
 
 def test_bad_mask_form_is_a_one_line_error():
@@ -111,8 +114,7 @@ def _apply(family, variant, seg, **overrides):
 @pytest.mark.parametrize('family,variant,layout,form,extra', [
     ('decoder', 'runlocal', 'packed', 'packed', dict(remat=True, num_heads=2)),
     ('decoder', 'llama_runlocal', 'padded', 'lengths', dict(num_heads=4, num_kv_heads=2)),  # GQA
-    ('encoder', 'runlocal', 'packed', 'packed', dict(remat=True, num_heads=2)),
-    ('encoder', 'runlocal', 'padded', 'lengths', dict(num_heads=2))])
+    ('encoder', 'runlocal', 'padded', 'lengths', dict(remat=True, num_heads=2))])
 def test_models_mask_forms_equal_dense(family, variant, layout, form, extra):
   # The layer test covers every layout x form; this checks the models' wiring (and nn.remat).
   run = _apply(family, variant, LAYOUTS[layout], **extra)
@@ -236,3 +238,22 @@ def test_vocab_padding_changes_nothing_visible(variant, arch, tmp_path):
   np.testing.assert_allclose(run(back.model, back.params), ref, atol=1e-5, rtol=0)
   with pytest.raises(ValueError, match='vocab_pad_multiple=-1 must be >= 0'):
     run(models.build('decoder', variant, **kw, vocab_pad_multiple=-1), params)
+
+
+def test_benchmark_variants_flag():
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+  import throughput
+  import throughput_ours
+  args = throughput.parse_args(['--variants', 'default;mask=lengths,loss_chunk=1024,vocab_pad=128'])
+  assert args.variant_list == [{}, dict(mask='lengths', loss_chunk=1024, vocab_pad=128)]
+  ours = [s for s in throughput.build_plan(args) if s['kind'] == 'ours']
+  assert len(ours) == 2 * 3  # 2 variants x 3 workloads
+  with pytest.raises(ValueError, match="'flash' in 'flash=1'; keys: mask, loss_chunk, vocab_pad"):
+    throughput.parse_variants('flash=1')
+  opts = args.variant_list[1]
+  bert = throughput.workload_spec('bert_base', args)
+  gpt = throughput.workload_spec('gpt2_small', args)
+  assert throughput_ours.applied_options(bert, opts) == dict(mask='lengths')
+  assert throughput_ours.applied_options(gpt, opts) == opts
