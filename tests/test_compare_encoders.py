@@ -135,7 +135,10 @@ def test_larger_sizes_plan(arg):
 
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
-  config = _comparison(**{'mesh.num_devices': 1})
+  # Three members with three different FLOPs per step (the plan and FLOP tests above cover all
+  # eight without training) and one task keep this end-to-end run to about a minute.
+  config = _comparison(**{'mesh.num_devices': 1, 'comparison.members': ('mlm', 'albert', 'electra'),
+                          'downstream.tasks': ('rt_sentiment',)})
   workdir = str(tmp_path / 'cmp')
   summary = run_lib.run(config, workdir)  # run.run dispatches a `comparison` config
   names = list(config.comparison.members)

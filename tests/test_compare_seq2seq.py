@@ -111,7 +111,10 @@ def test_larger_sizes_plan(arg):
 
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
-  config = _comparison(**{'mesh.num_devices': 1})
+  # One member per generation form (the T5 i.i.d., BART and MASS members share t5's encdec form;
+  # their objectives run end to end in tests/test_objectives_seq2seq.py): about half the time.
+  config = _comparison(**{'mesh.num_devices': 1,
+                          'comparison.members': ('t5', 'prefix_lm', 'unilm', 'glm')})
   workdir = str(tmp_path / 'cmp')
   summary = run_lib.run(config, workdir)
   names = list(config.comparison.members)
@@ -128,8 +131,8 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   rows = saved['rows']
   assert len(rows) == len(names) + 1
   forms = {r['member']: r['form'] for r in rows}
-  assert forms == {'random': 'encdec', 't5': 'encdec', 't5_iid': 'encdec', 'bart': 'encdec',
-                   'mass': 'encdec', 'prefix_lm': 'prefix_lm', 'unilm': 'unilm', 'glm': 'glm'}
+  assert forms == {'random': 'encdec', 't5': 'encdec', 'prefix_lm': 'prefix_lm', 'unilm': 'unilm',
+                   'glm': 'glm'}
   for name in ['random', *names]:
     score = saved['accuracy'][name]['news_headline']
     assert score['n'] == 1 and score['metric'] == 'rougeL'
@@ -141,5 +144,5 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
     assert config.comparison.labels[name] in text
   for header in ('news_headline ROUGE-1', 'news_headline ROUGE-2', 'news_headline ROUGE-L'):
     assert header in text
-  assert '1+1-layer encoder-decoder (t5, t5_iid, bart, mass)' in text
+  assert '1+1-layer encoder-decoder (t5)' in text
   assert '![ROUGE by objective](compare_seq2seq.png)' in text
