@@ -56,6 +56,12 @@ def _items_at(manager: ocp.CheckpointManager, step: int) -> list[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether a run in `workdir` has saved a step (it will resume instead of initialising)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
 def latest_checkpoint_dir(path: str) -> tuple[str, int]:
   """Accepts a workdir, its checkpoints/ dir, or one step dir; returns (manager dir, step)."""
   path = os.path.abspath(path)

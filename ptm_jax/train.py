@@ -22,6 +22,7 @@ from absl import logging
 from flax import linen as nn
 
 from ptm_jax import checkpoint as ckpt
+from ptm_jax import embedding_init
 from ptm_jax import metrics as metrics_lib
 from ptm_jax import models, objectives, optim, sharding, steps
 from ptm_jax.data import loader as data_loader
@@ -238,6 +239,31 @@ def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
   return len(values) - 1 - best_at >= tc.early_stop_patience
 
 
+def count_based_embeddings(config: ml_collections.ConfigDict, tokenizer, model) -> dict:
+  """`{'token_embed': {'embedding': table}}` from `train.embedding_init` (see embedding_init.py).
+
+  Every process reads the same leading rows of the train split (shard 0 of 1), so the table is
+  identical on every host without communication.
+  """
+  tc = config.train
+  if tc.embedding_init != "ppmi_svd":
+    raise ValueError(f"train.embedding_init={tc.embedding_init!r}: use 'ppmi_svd' or ''")
+  cfg = getattr(model, "config", None)
+  if cfg is None or not hasattr(cfg, "resolved_embedding_size"):
+    raise ValueError("train.embedding_init needs a model with a `token_embed` table sized by "
+                     "embedding_size/embed_dim (the encoder family); unset it for this model")
+  rows = data_loader.make_iterator(config.data, tokenizer, split="train",
+                                   global_batch_size=tc.batch_size, seed=config.seed,
+                                   process_index=0, process_count=1, repeat=False)
+  start = time.time()
+  table, info = embedding_init.ppmi_svd_embeddings(
+      rows, tokenizer.vocab_size, cfg.resolved_embedding_size, init_stddev=float(tc.get("embedding_init_std", 0.0)) or cfg.initializer_range,
+      max_tokens=int(tc.get("embedding_init_tokens", 2_000_000)), seed=config.seed)
+  logging.info("embedding_init=ppmi_svd: %d tokens read, %d of %d rows from PPMI-SVD in %.1fs",
+               info["tokens"], info["initialised_rows"], info["vocab_size"], time.time() - start)
+  return {"token_embed": {"embedding": table}}
+
+
 def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
@@ -260,6 +286,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   tx, schedule = optim.make_optimizer(config.optim, tc.steps)
   per_device_rows = max(tc.batch_size // jax.device_count(), 1)
   init_params = ckpt.restore_params(config.init_from) if config.init_from else None
+  if tc.get("embedding_init") and init_params is None and not ckpt.has_checkpoint(workdir):
+    init_params = count_based_embeddings(config, tokenizer, model)
   state, state_sharding = create_state(model, tx, mesh, (per_device_rows, config.data.seq_len),
                                        config.seed, init_params)
   num_params = count_params(state.params)

@@ -78,6 +78,11 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       early_stop_metric="eval/accuracy",
       checkpoint_every=1000,
       keep_checkpoints=2,
+      # 'ppmi_svd': the token table starts from PPMI-SVD vectors of the train split's first
+      # `embedding_init_tokens` tokens (ptm_jax/embedding_init.py); '' = random init.
+      embedding_init="",
+      embedding_init_tokens=2_000_000,
+      embedding_init_std=0.0,  # std of the PPMI-SVD rows; 0 = the model's initializer_range
   ))
   cfg.update(overrides)
   return cfg
