@@ -45,3 +45,22 @@ def test_untied_encoder_has_no_hf_bert_mapping():
   cfg = models.get_family('encoder').Config(vocab_size=30, tie_embeddings=False)
   with pytest.raises(ValueError, match='no HF architecture matches'):
     maps.for_config(cfg, 'encoder')
+
+
+def test_pre_norm_encoder_normalises_its_output_and_has_no_hf_mapping():
+  cfg = models.get_family('encoder').Config(vocab_size=30, embed_dim=16, num_layers=2, num_heads=2,
+                                            mlp_dim=32, pre_norm=True, dropout_rate=0.0)
+  model = models.get_family('encoder').Model(cfg)
+  tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) % 30
+  seg = jnp.ones_like(tokens)
+  pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+  variables = model.init(jax.random.key(0), tokens, segment_ids=seg, positions=pos)
+  assert 'final_norm' in variables['params']
+  out = model.apply(variables, tokens, segment_ids=seg, positions=pos, output_hidden_states=True)
+  hidden = np.asarray(out['hidden'])
+  # Pre-LN: the last block's residual stream only goes through the final LayerNorm (scale 1, bias 0).
+  np.testing.assert_allclose(hidden.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(hidden.std(-1), 1.0, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(out['hidden_states'][-1]), hidden)
+  with pytest.raises(ValueError, match='no HF architecture matches'):
+    maps.for_config(cfg, 'encoder')

@@ -115,7 +115,7 @@ DISTILBERT = ArchMap(
     config_to_hf=_config_to_hf,
     params_from_hf=_params_from_hf,
     params_to_hf=_params_to_hf,
-    matches=lambda cfg: (cfg.type_vocab_size == 0 and cfg.position_offset == 0
+    matches=lambda cfg: (cfg.type_vocab_size == 0 and cfg.position_offset == 0 and not cfg.pre_norm
                          and not cfg.rtd_head and cfg.resolved_embedding_size == cfg.embed_dim),
     default_architecture='DistilBertForMaskedLM',
     ignore_suffixes=('embeddings.position_ids', 'vocab_projector.weight'),

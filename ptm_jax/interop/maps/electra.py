@@ -125,7 +125,7 @@ ELECTRA = ArchMap(
     config_to_hf=_config_to_hf,
     params_from_hf=_params_from_hf,
     params_to_hf=_params_to_hf,
-    matches=lambda cfg: (cfg.position_offset == 0 and cfg.type_vocab_size >= 1
+    matches=lambda cfg: (cfg.position_offset == 0 and cfg.type_vocab_size >= 1 and not cfg.pre_norm
                          and (cfg.rtd_head or _factorised(cfg))),
     default_architecture='ElectraForPreTraining',
     ignore_suffixes=('embeddings.position_ids', 'embeddings.token_type_ids',
