@@ -31,6 +31,11 @@ def test_configs_resolve():
     random = finetune.finetune_config(config, 'rt_sentiment', 'random', 0, '/pretrain',
                                       tokenizer_cfg=config.data.tokenizer)
     assert random.init_from == '' and random.optim.learning_rate == ft.optim.learning_rate
+    with config.unlocked():
+      config.train.embedding_init = 'ppmi_svd'
+    for init in ('pretrained', 'random'):  # a pretraining-stage option, never a fine-tune's
+      assert finetune.finetune_config(config, 'rt_sentiment', init, 0, '/pretrain',
+                                      tokenizer_cfg=config.data.tokenizer).train.embedding_init == ''
   with pytest.raises(ValueError, match='quickstart takes'):
     qs.get_config('huge')
   with pytest.raises(ValueError, match='known tasks'):

@@ -79,6 +79,10 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
   with ft.unlocked():
     ft.seed = int(seed)
     ft.init_from = pretrained_dir if init == 'pretrained' else ''
+    # Count-based embedding init belongs to the pretraining stage: the random-init baseline stays
+    # random, the pretrained init already carries it.
+    if 'embedding_init' in ft.train:
+      ft.train.embedding_init = ''
     if info.kind == 'tagging':
       ft.objective = base.objective_config('tag', num_tags=info.num_classes,
                                            dropout_rate=field('head_dropout_rate'))
