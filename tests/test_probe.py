@@ -70,7 +70,7 @@ def test_mean_pooled_features_ignore_padding(monkeypatch):
 
 
 @pytest.mark.usefixtures('data_dir')
-def test_probe_stage_runs_after_pretraining(data_dir, tmp_path):
+def test_probe_stage_runs_after_pretraining(tmp_path):
   """quickstart:tiny with probes only: per-layer + mix rows for both inits, probe.json/png written."""
   from ptm_jax import run
   from ptm_jax.configs import load_experiment
