@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt r
 CONFIG ?= experiments/quickstart.py
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); whole files go to one worker so module fixtures run once.
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test clean
 
@@ -25,7 +27,7 @@ run: setup
 	$(PY) -m ptm_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs

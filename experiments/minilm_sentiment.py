@@ -11,7 +11,7 @@ steps, test accuracy at the best dev evaluation, 2 seeds). Only the imported ini
 There is no pretraining stage (`train.steps=0`): `run.py` converts `init_from` (the packaged HF
 directory) into `<workdir>/imported` and fine-tunes from it; the tokenizer is MiniLM's own
 `tokenizer.json`.
-LR 5e-5 (BERT's fine-tuning value; the quickstart's 3e-4 is for its 2-layer 128-wide model),
+LR 5e-5 (BERT's fine-tuning value; the quickstart's 1e-3 is for its 2-layer 128-wide model),
 warmup 30 steps, weight decay 0.01, head dropout 0.1, the checkpoint's own dropout (0.1).
 
 Measured (2026-11-23, 2 CPU cores shared with other jobs, ~30 min per run): dev 0.819 ± 0.003,

@@ -11,9 +11,13 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory):
-  """One prepared-data/tokenizer cache for the whole session (real corpora are prepared once)."""
+  """One prepared-data/tokenizer cache per test process (real corpora are prepared once in each).
+
+  Autouse, so no test falls back to the user's ~/.cache/ptm_jax; under pytest-xdist each worker has
+  its own temporary directory, so two workers never prepare the same tfds builder at once.
+  """
   path = os.environ.get("PTM_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("ptm_data"))
   os.environ["PTM_JAX_DATA_DIR"] = path
   return path
