@@ -15,9 +15,10 @@ fine-tunes both discriminator/encoder on the same tasks (FLOPs of both ELECTRA n
 `arg`: `runlocal` (2-layer, CPU, minutes), `small` (12 layers, H=256, 4 heads, FFN 1024, generator
 1/4, LR 5e-4, batch 128, seq 128) or `base` (12 layers, H=768, generator 1/3, LR 2e-4, batch 256,
 seq 512). Paper Table 6 shared settings: linear decay, 10k warmup, Adam eps 1e-6, weight decay
-0.01, dropout 0.1, mask 15 %, lambda = 50, temperature 1. Deviation: ELECTRA-Small's embedding width
-is 128 < H = 256 (factorised); `models.encoder` ties E = H, so here E = 256 (the generator still
-projects the shared table down to its own width). Steps are the paper's ELECTRA counts (1M / 766k).
+0.01, dropout 0.1, mask 15 %, lambda = 50, temperature 1. ELECTRA-Small's embedding is factorised
+as in the paper (E = 128 < H = 256: `model.embedding_size`; each network projects the shared E-wide
+embedding to its own width, as HF's `embeddings_project`). Steps are the paper's ELECTRA counts
+(1M / 766k).
 """
 from ptm_jax.configs import base
 
@@ -38,7 +39,7 @@ def get_config(arg: str = "runlocal"):
   config.model.dtype = "bfloat16"
   if variant == "small":
     config.model.update(num_layers=12, embed_dim=256, num_heads=4, mlp_dim=1024,
-                        max_position_embeddings=512)
+                        max_position_embeddings=512, embedding_size=128)
     config.objective.generator_width_fraction = 0.25
     config.optim.learning_rate = 5e-4
     config.data.seq_len = 128

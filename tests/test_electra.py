@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ptm_jax import configs
+from ptm_jax import objectives
 from ptm_jax import checkpoint as ckpt
 from ptm_jax import metrics as metrics_lib
 from ptm_jax import train
@@ -188,9 +189,16 @@ def test_generator_sizes_and_flops():
   base = encoder.Config(vocab_size=30522)
   g = electra.generator_config(base, electra.Options(generator_width_fraction=1 / 3))
   assert (g.embed_dim, g.num_heads, g.mlp_dim, g.num_layers) == (256, 4, 1024, 12)
+  # ELECTRA-Small as in the paper and experiments/electra.py:small: E = 128 < H = 256.
+  small = dataclasses.replace(small, embedding_size=128)
   f = electra.flops_breakdown(small, electra.Options(), seq_len=128)
   assert f['total'] == f['generator'] + f['discriminator'] == electra.flops_per_token(small)
   assert 0.1 < f['generator_to_discriminator'] < 0.5, f
+  # Factorising halves the shared table's width: the generator's E x V decoder dominates its cost.
+  unfactorised = electra.flops_breakdown(dataclasses.replace(small, embedding_size=None),
+                                         electra.Options(), seq_len=128)
+  assert f['generator'] < unfactorised['generator']
+  assert f['discriminator'] > unfactorised['discriminator']  # + its own E -> H embed_project
   # config.model (a ConfigDict with family/variant and vocab 0 = from the tokenizer) works too.
   cfg = _load('experiments/electra.py:small').model
   with pytest.raises(ValueError, match='vocab_size'):
@@ -239,6 +247,8 @@ def electra_params_from_hf(disc_sd, gen_sd, model: electra.Model) -> dict:
       'type_embed': {'embedding': gd('electra.embeddings.token_type_embeddings.weight')},
       'embed_norm': ln(gd, 'electra.embeddings.LayerNorm'),
       **_hf_layers(gd, 'electra.', d.num_heads, d.resolved_head_dim, d.num_layers)}
+  if d.resolved_embedding_size != d.embed_dim:  # factorised: the discriminator's own E -> H
+    discriminator['embed_project'] = lin(gd, 'electra.embeddings_project')
   generator = {
       'embed_project': lin(gg, 'electra.embeddings_project'),
       'encoder': _hf_layers(gg, 'electra.', gcfg.num_heads, gcfg.resolved_head_dim,
@@ -251,11 +261,12 @@ def electra_params_from_hf(disc_sd, gen_sd, model: electra.Model) -> dict:
   return {'discriminator': discriminator, 'generator': generator, 'rtd_head': rtd}
 
 
-def test_hf_parity_generator_and_discriminator():
+@pytest.mark.parametrize('embedding_size', [64, 48])  # E = H (base/large), E < H (small)
+def test_hf_parity_generator_and_discriminator(embedding_size):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   vocab, b_, length = 100, 3, 12
-  common_cfg = dict(vocab_size=vocab, embedding_size=64, num_hidden_layers=2,
+  common_cfg = dict(vocab_size=vocab, embedding_size=embedding_size, num_hidden_layers=2,
                     max_position_embeddings=32, type_vocab_size=2, hidden_act='gelu',
                     layer_norm_eps=1e-12, attn_implementation='eager')
   hf_disc = transformers.ElectraForPreTraining(transformers.ElectraConfig(
@@ -276,7 +287,8 @@ def test_hf_parity_generator_and_discriminator():
       hf_gen.electra.embeddings.word_embeddings.weight.data_ptr())  # tied, so decode = the table
 
   disc_cfg = encoder.Config(vocab_size=vocab, embed_dim=64, num_layers=2, num_heads=4, mlp_dim=128,
-                            max_position_embeddings=32)
+                            max_position_embeddings=32,
+                            embedding_size=None if embedding_size == 64 else embedding_size)
   opts = electra.Options(generator_width_fraction=0.5, generator_num_heads=2)
   model = electra.Model(disc_cfg, electra.generator_config(disc_cfg, opts))
   assert model.generator_config.mlp_dim == 64 and model.generator_config.embed_dim == 32
@@ -317,8 +329,11 @@ def _load(spec, **overrides):
   return configs.load_experiment(os.path.join(REPO, spec), overrides)
 
 
+# Factorised like ELECTRA-Small (E = 64 < H = 128; the generator is 32 wide): the shared E-wide
+# embedding feeds both networks' own projections.
 RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'data.seq_len': 64,
-            'train.log_every': 5, 'train.eval_every': 0, 'train.checkpoint_every': 30}
+            'train.log_every': 5, 'train.eval_every': 0, 'train.checkpoint_every': 30,
+            'model.embedding_size': 64}
 
 
 @pytest.fixture(scope='module')
@@ -399,3 +414,35 @@ def test_full_electra_tree_merges_into_classify(finetune):
   merged = train.merge_pretrained(fresh, pretrained)
   np.testing.assert_array_equal(merged['backbone']['token_embed']['embedding'],
                                 pretrained['discriminator']['token_embed']['embedding'])
+
+
+def test_run_converts_to_hf_discriminator_and_generator(pretrained_run, tmp_path):
+  """`convert --to hf` of an ELECTRA run: ElectraForPreTraining by default, the generator on ask."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from ptm_jax.interop import __main__ as interop_cli  # pylint: disable=g-import-not-at-top
+  cfg, workdir, _ = pretrained_run
+  params = _trained_params(workdir)
+  vocab_size = params['discriminator']['token_embed']['embedding'].shape[0]
+  fields = {k: v for k, v in cfg.model.items() if k not in ('family', 'variant')}
+  el = electra.build_model('encoder', cfg.model.variant, {**fields, 'vocab_size': vocab_size},
+                           objectives.build_options(electra, cfg.objective.to_dict()))
+  assert el.config.resolved_embedding_size == 64 and el.generator_config.embed_dim == 32
+  b = _batch(seed=21, high=vocab_size)
+  ours = jax.jit(lambda p: el.apply({'params': p}, b['tokens'], segment_ids=b['segment_ids'],
+                                    positions=b['positions']))(params)
+  valid = b['segment_ids'] > 0
+  torch_kw = dict(input_ids=torch.from_numpy(b['tokens']).long(),
+                  attention_mask=torch.from_numpy(b['segment_ids']).long(),
+                  token_type_ids=torch.zeros(b['tokens'].shape, dtype=torch.long),
+                  position_ids=torch.from_numpy(b['positions']).long())
+  for arch, key, argv in (('ElectraForPreTraining', 'rtd_logits', []),  # the default
+                          ('ElectraForMaskedLM', 'logits', ['--architecture', 'ElectraForMaskedLM'])):
+    dst = tmp_path / arch
+    assert interop_cli.main(['convert', '--src', workdir, '--dst', str(dst), '--to', 'hf', *argv]) == 0
+    hf = getattr(transformers, arch).from_pretrained(dst, attn_implementation='eager').eval()
+    assert hf.config.architectures == [arch] and hf.config.embedding_size == 64
+    with torch.no_grad():
+      theirs = _np(hf(**torch_kw).logits)
+    err = np.abs(np.asarray(ours[key])[valid] - theirs[valid]).max()
+    assert err < 1e-4, (arch, err)

@@ -305,5 +305,5 @@ def test_electra_pretraining_tree_exports_as_discriminator_and_generator(tmp_pat
   joined = electra_map.electra_pair(disc.params, gen.params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0, rtol=0), joined,
                jax.tree.map(np.asarray, params))
-  with pytest.raises(ValueError, match='as wide as the discriminator'):
+  with pytest.raises(ValueError, match='as wide as the shared embedding'):
     electra_map.split_pretraining(params, model.config, model.config)

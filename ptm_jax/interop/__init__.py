@@ -25,11 +25,13 @@ def supported_architectures() -> list[str]:
   return maps.supported_architectures()
 
 
-def load_pretrained(path: str, *, seed: int = 0) -> Pretrained:
+def load_pretrained(path: str, *, seed: int = 0,
+                    electra_network: str = 'discriminator') -> Pretrained:
   """HF directory, `.gguf` file, or ptm_jax checkpoint/run dir -> `Pretrained`.
 
   Heads the file has no tensors for (e.g. MLM/NSP of a `BertModel`) are initialised with `seed`
-  and listed in `info['initialised']`.
+  and listed in `info['initialised']`. From an ELECTRA pretraining run, `electra_network` picks
+  the discriminator (default) or the generator, each an `encoder`.
   """
   resolved = tokenizers_lib.resolve_path(path)
   if resolved.endswith('.gguf') and os.path.isfile(resolved):
@@ -38,7 +40,7 @@ def load_pretrained(path: str, *, seed: int = 0) -> Pretrained:
   if not os.path.isdir(resolved):
     raise FileNotFoundError(f'{path}: no such directory or .gguf file')
   if native.is_ptm_dir(resolved):
-    return native.load(resolved)
+    return native.load(resolved, electra_network=electra_network)
   if hf.is_hf_dir(resolved):
     return hf.load(resolved, seed=seed)
   raise ValueError(f'{path}: not an HF checkpoint (config.json + model.safetensors), a .gguf file, '
@@ -72,7 +74,9 @@ def _family_of(config: Any) -> str:
 
 def convert(src: str, dst: str, *, to: str = 'ptm_jax', architecture: str | None = None) -> str:
   """HF dir / .gguf -> ptm_jax checkpoint dir (`to='ptm_jax'`), or any of those -> HF (`to='hf'`)."""
-  pre = load_pretrained(src)
+  # From an ELECTRA run, asking for the MLM class exports the generator, else the discriminator.
+  pre = load_pretrained(src, electra_network='generator' if architecture == 'ElectraForMaskedLM'
+                        else 'discriminator')
   if to == 'ptm_jax':
     return native.save(pre, dst)
   if to == 'hf':

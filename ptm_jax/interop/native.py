@@ -63,18 +63,46 @@ def _run_tokenizer(run_config: dict):
   return None
 
 
-def load(path: str) -> Pretrained:
-  """A converted directory or a run workdir -> `Pretrained` (params via `restore_params`)."""
+ELECTRA_NETWORKS = ('discriminator', 'generator')
+
+
+def _electra_network(run_config: dict, fields: dict, params: dict, network: str):
+  """An ELECTRA pretraining run's tree -> (encoder Config, params, HF class) of one network."""
+  from ptm_jax import objectives  # pylint: disable=g-import-not-at-top
+  from ptm_jax.interop.maps import electra as electra_map  # pylint: disable=g-import-not-at-top
+  from ptm_jax.objectives import electra  # pylint: disable=g-import-not-at-top
+  if network not in ELECTRA_NETWORKS:
+    raise ValueError(f'electra_network={network!r}: use one of {", ".join(ELECTRA_NETWORKS)}')
+  disc_cfg = make_config('encoder', fields)
+  options = objectives.build_options(electra, run_config['objective'])
+  if network == 'discriminator':
+    return (*electra_map.discriminator_part(params, disc_cfg), 'ElectraForPreTraining')
+  gen_cfg = electra.generator_config(disc_cfg, options)
+  return (*electra_map.generator_part(params, disc_cfg, gen_cfg), 'ElectraForMaskedLM')
+
+
+def load(path: str, *, electra_network: str = 'discriminator') -> Pretrained:
+  """A converted directory or a run workdir -> `Pretrained` (params via `restore_params`).
+
+  An ELECTRA pretraining run holds two networks: `electra_network` picks the discriminator (what
+  transfers; written as ElectraForPreTraining) or the generator (ElectraForMaskedLM).
+  """
   with open(os.path.join(path, 'config.json')) as f:
     run_config = json.load(f)
   fields = dict(run_config['model'])
   family = fields.pop('family')
   fields.pop('variant', None)
   params = jax.tree.map(np.asarray, checkpoint.restore_params(path))
+  electra_run = (run_config.get('objective') or {}).get('name') == 'electra'
   if not fields.get('vocab_size'):  # runs store 0 = "from the tokenizer"
-    fields['vocab_size'] = int(params['token_embed']['embedding'].shape[0])
-  config = make_config(family, fields)
+    table = params['discriminator'] if electra_run else params
+    fields['vocab_size'] = int(table['token_embed']['embedding'].shape[0])
   info = dict(run_config.get('interop') or {})
+  if electra_run:
+    config, params, architecture = _electra_network(run_config, fields, params, electra_network)
+    info['architecture'] = architecture
+  else:
+    config = make_config(family, fields)
   info.setdefault('source', os.path.abspath(path))
   tokenizer = None
   if os.path.isfile(os.path.join(path, 'tokenizer.json')):

@@ -180,8 +180,12 @@ class Model(nn.Module):
 
   def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
             token_types: jnp.ndarray | None = None, deterministic: bool = True,
-            block_positions: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Embedding output `[B, L, D]` (sum, LayerNorm, dropout); ELECTRA shares this part."""
+            block_positions: jnp.ndarray | None = None, project: bool = True) -> jnp.ndarray:
+    """Embedding output `[B, L, D]` (sum, LayerNorm, dropout); ELECTRA shares this part.
+
+    With a factorised embedding (`embedding_size` E < D), `project=False` returns the E-wide
+    output before `embed_project`: what ELECTRA's generator projects to its own width.
+    """
     x_BLD = self.token_embed(tokens) + self.position_embed(positions)
     if self.config.block_position_embeddings:
       # Outside GLM's blanks (and at init) the second position is 0.
@@ -193,6 +197,8 @@ class Model(nn.Module):
       x_BLD = x_BLD + self.type_embed(token_types)
     x_BLD = self.embed_dropout(self.embed_norm(x_BLD), deterministic=deterministic)
     if self.config.resolved_embedding_size != self.config.embed_dim:
+      if not project:
+        return nn.with_logical_constraint(x_BLD, ('batch', 'length', None))
       x_BLD = self.embed_project(x_BLD)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 

@@ -124,7 +124,7 @@ class Generator(nn.Module):
   """The small MLM network over the shared embeddings: project -> blocks -> tied MLM head."""
 
   config: encoder.Config  # the generator's (embed_dim = its width)
-  embed_config: encoder.Config  # the discriminator's (embed_dim = the shared table's width)
+  embed_config: encoder.Config  # the discriminator's (resolved_embedding_size = the shared width E)
 
   def setup(self):
     cfg = self.config
@@ -132,8 +132,13 @@ class Generator(nn.Module):
                                    stddev=cfg.initializer_range, **encoder.dtypes(cfg))
     # Only `encode` is called: the blocks are created, the encoder's own embeddings/heads are not.
     self.encoder = encoder.Model(cfg)
-    # dense back to the embedding width, GELU, LayerNorm, tied decoder (HF generator_predictions).
-    self.mlm_head = encoder.MLMHead(dataclasses.replace(self.embed_config, activation='gelu'))
+    # dense back to the shared table's width E, GELU, LayerNorm, tied decoder (HF
+    # generator_predictions); E = the discriminator's width unless its embedding is factorised.
+    shared = self.embed_config
+    width = shared.resolved_embedding_size
+    self.mlm_head = encoder.MLMHead(
+        dataclasses.replace(shared, activation='gelu'),
+        **({} if width == shared.embed_dim else dict(width=width, axes=('embed', None))))
 
   def __call__(self, x_BLE, decode, *, segment_ids, attention_mask=None, deterministic=True,
                logits_positions=None):
@@ -157,14 +162,16 @@ class Model(nn.Module):
     self.generator = Generator(self.generator_config, self.config)
     self.rtd_head = RTDHead(self.config)
 
-  def _embed(self, tokens, positions, token_types, deterministic):
+  def _embed(self, tokens, positions, token_types, deterministic, project=True):
     return self.discriminator.embed(tokens, positions=positions, token_types=token_types,
-                                    deterministic=deterministic)
+                                    deterministic=deterministic, project=project)
 
   def generate(self, tokens, *, segment_ids, positions, token_types=None, attention_mask=None,
                deterministic=True, logits_positions=None) -> dict[str, Any]:
     """Generator on (masked) tokens -> dict(logits `[B, L|K, V]`, hidden `[B, L, Hg]`)."""
-    x_BLE = self._embed(tokens, positions, token_types, deterministic)
+    # The shared E-wide embedding output (before the discriminator's own `embed_project`, as in
+    # HF, where each network projects E to its width).
+    x_BLE = self._embed(tokens, positions, token_types, deterministic, project=False)
     logits, hidden = self.generator(x_BLE, self.discriminator.token_embed.attend,
                                     segment_ids=segment_ids, attention_mask=attention_mask,
                                     deterministic=deterministic, logits_positions=logits_positions)
@@ -320,12 +327,14 @@ def flops_breakdown(model_config, options: Options = Options(), *, seq_len: int 
   """
   disc = _as_encoder_config(model_config, vocab_size)
   gen = generator_config(disc, options)
-  e, v, h = disc.embed_dim, disc.vocab_size, gen.embed_dim
+  # E = the shared table's width, H / h = discriminator / generator widths.
+  e, v, h, d = disc.resolved_embedding_size, disc.vocab_size, gen.embed_dim, disc.embed_dim
   scored = (mlm.max_predictions(seq_len, options.mask_rate) / seq_len if options.sparse_logits
             else 1.0)
   gen_fwd = (2 * e * h + encoder_forward_flops_per_token(gen, seq_len)
              + scored * (2 * h * e + 2 * e * v))
-  disc_fwd = encoder_forward_flops_per_token(disc, seq_len) + 2 * disc.embed_dim ** 2 + 2 * e
+  disc_fwd = (encoder_forward_flops_per_token(disc, seq_len) + 2 * d * d + 2 * d
+              + (2 * e * d if e != d else 0))  # blocks, RTD head, factorised embed_project
   out = {'generator': 3.0 * gen_fwd, 'discriminator': 3.0 * disc_fwd}
   out['total'] = out['generator'] + out['discriminator']
   out['generator_to_discriminator'] = out['generator'] / out['discriminator']

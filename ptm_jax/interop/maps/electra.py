@@ -138,30 +138,49 @@ MAPS = [ELECTRA]
 
 # ---- our ELECTRA pretraining tree <-> two HF-shaped encoders -------------------------------------
 
+def discriminator_part(params: dict, disc_config) -> tuple:
+  """`objectives/electra.py` params -> (config, params) of the discriminator as an `encoder`.
+
+  What transfers: `save_pretrained` writes it as `ElectraForPreTraining`; a factorised embedding
+  (`embedding_size` E < H) keeps its `embed_project` (HF `electra.embeddings_project`).
+  """
+  disc = params['discriminator']
+  keep = EMBEDDING_KEYS + ('embed_project',)
+  d_params = {k: v for k, v in disc.items() if k in keep or k.startswith('layers_')}
+  return dataclasses.replace(disc_config, rtd_head=True), {**d_params,
+                                                           'rtd_head': params['rtd_head']}
+
+
+def generator_part(params: dict, disc_config, gen_config) -> tuple:
+  """`objectives/electra.py` params -> (config, params) of the generator as an `encoder`.
+
+  It gets a copy of the shared E-wide embedding block (HF stores it in both files) and is written
+  as `ElectraForMaskedLM`. HF drops `embeddings_project` when embedding_size == hidden_size,
+  so a generator as wide as the shared embedding has no HF equivalent (one-line error).
+  """
+  width_e = disc_config.resolved_embedding_size
+  require(gen_config.embed_dim != width_e,
+          f'a generator as wide as the shared embedding ({width_e}; the discriminator when '
+          'embedding_size is unset) has no HF ELECTRA equivalent (HF drops embeddings_project '
+          'when embedding_size == hidden_size): use generator_width_fraction < 1')
+  disc = params['discriminator']
+  shared = {k: disc[k] for k in EMBEDDING_KEYS if k in disc}
+  g_cfg = dataclasses.replace(gen_config, embedding_size=width_e, rtd_head=True)
+  gen = params['generator']
+  g_params = {**shared, 'embed_project': gen['embed_project'], **gen['encoder'],
+              'mlm_head': gen['mlm_head']}
+  return g_cfg, g_params
+
+
 def split_pretraining(params: dict, disc_config, gen_config) -> tuple[tuple, tuple]:
   """`objectives/electra.py` params -> ((config, params) of the discriminator, of the generator).
 
   Each pair is an `encoder` model that `save_pretrained` writes as `ElectraForPreTraining` /
-  `ElectraForMaskedLM`; the generator gets a copy of the shared embedding block (HF stores it in
-  both files). `disc_config` / `gen_config` are `electra.Model.config` / `.generator_config`.
+  `ElectraForMaskedLM`. `disc_config` / `gen_config` are `electra.Model.config` /
+  `.generator_config`; the discriminator may be factorised (`embedding_size` E < H).
   """
-  require(gen_config.embed_dim != disc_config.embed_dim,
-          'a generator as wide as the discriminator has no HF ELECTRA equivalent (HF drops '
-          'embeddings_project when embedding_size == hidden_size): use '
-          'generator_width_fraction < 1')
-  require(disc_config.resolved_embedding_size == disc_config.embed_dim,
-          'split_pretraining expects the objective\'s unfactorised discriminator (embedding_size '
-          'unset)')
-  disc = params['discriminator']
-  shared = {k: disc[k] for k in EMBEDDING_KEYS if k in disc}
-  d_cfg = dataclasses.replace(disc_config, rtd_head=True)
-  d_params = {**shared, **{k: v for k, v in disc.items() if k.startswith('layers_')},
-              'rtd_head': params['rtd_head']}
-  gen = params['generator']
-  g_cfg = dataclasses.replace(gen_config, embedding_size=disc_config.embed_dim, rtd_head=True)
-  g_params = {**shared, 'embed_project': gen['embed_project'], **gen['encoder'],
-              'mlm_head': gen['mlm_head']}
-  return (d_cfg, d_params), (g_cfg, g_params)
+  generator = generator_part(params, disc_config, gen_config)  # validates before any copying
+  return discriminator_part(params, disc_config), generator
 
 
 def electra_pair(disc_params: dict, gen_params: dict) -> dict:
@@ -173,7 +192,7 @@ def electra_pair(disc_params: dict, gen_params: dict) -> dict:
   """
   return {
       'discriminator': {k: v for k, v in disc_params.items()
-                        if k in EMBEDDING_KEYS or k.startswith('layers_')},
+                        if k in EMBEDDING_KEYS + ('embed_project',) or k.startswith('layers_')},
       'generator': {'embed_project': gen_params['embed_project'],
                     'encoder': {k: v for k, v in gen_params.items() if k.startswith('layers_')},
                     'mlm_head': gen_params['mlm_head']},
