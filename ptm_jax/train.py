@@ -313,6 +313,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     start_step = int(start_step)
     logging.info("resumed from step %d", start_step)
   config_dict = json.loads(config.to_json_best_effort())
+  if config_dict.get("model", {}).get("vocab_size") in (0, None):
+    # The resolved size, so a reader of the run (interop.native.load) need not count table rows,
+    # which `vocab_pad_multiple` pads past the tokenizer's ids.
+    config_dict["model"]["vocab_size"] = int(tokenizer.vocab_size)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config_dict, f, indent=2)

@@ -132,3 +132,22 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint(data_dir, tmp_path):
   bad, good = map(int, re.search(r"at step (\d+).*is step (\d+)", str(err.value)).groups())
   assert good == bad - 1
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", str(good)))
+
+
+def test_padded_vocab_run_loads_with_the_tokenizers_vocab_size(data_dir, tmp_path):
+  """A run with `vocab_pad_multiple` records the tokenizer's size, not the padded table's rows."""
+  from ptm_jax import interop  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  cfg = _load("experiments/gpt.py:runlocal", **{**SMALL, "train.steps": 2, "train.eval_every": 0,
+                                                 "train.checkpoint_every": 2,
+                                                 "model.vocab_pad_multiple": 128})
+  train.train(cfg, str(tmp_path))
+  with open(os.path.join(tmp_path, "config.json")) as f:
+    assert json.load(f)["model"]["vocab_size"] == 8000  # 0 in the experiment: resolved
+  pre = interop.load_pretrained(str(tmp_path))
+  assert pre.config.vocab_size == 8000 and pre.config.padded_vocab_size == 8064
+  assert pre.params["token_embed"]["embedding"].shape[0] == 8064
+  tokens = jnp.full((1, 8), 5, jnp.int32)
+  out = pre.model.apply({"params": pre.params}, tokens, segment_ids=jnp.ones_like(tokens),
+                        positions=jnp.arange(8, dtype=jnp.int32)[None])
+  assert out["logits"].shape == (1, 8, 8000)  # the padded rows are never scored or sampled
