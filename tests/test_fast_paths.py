@@ -26,7 +26,7 @@ from ptm_jax.interop import hf as interop_hf, maps
 from ptm_jax.models import decoder
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.layers import attention, masks
-from ptm_jax.objectives import clm, common, prefix_lm
+from ptm_jax.objectives import bart, clm, common, mass, prefix_lm, span_corruption
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -177,6 +177,45 @@ def test_chunked_loss_in_the_objectives_equals_unchunked(objective):
     np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
+    objective.Options(loss_chunk_size=-1)
+
+
+@pytest.mark.parametrize('objective,variant', [(span_corruption, 't5_runlocal'),
+                                               (bart, 'bart_runlocal'), (mass, 'bart_runlocal')])
+def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, variant):
+  """T5 / BART / MASS with `loss_chunk_size`: same loss, metrics and gradients, no [B, Ld, V]."""
+  le, ld = 12, 10
+  enc_seg = jnp.asarray((np.arange(le)[None, :] < np.array([[le], [7], [4]])).astype(np.int32))
+  dec_seg = jnp.asarray((np.arange(ld)[None, :] < np.array([[ld], [6], [3]])).astype(np.int32))
+  pos = lambda seg: jnp.where(seg > 0, jnp.arange(seg.shape[1])[None, :], 0)
+  batch = dict(inputs=jnp.where(enc_seg > 0, (jnp.arange(le)[None, :] * 7 + 3) % 90 + 5, 0),
+               targets=jnp.where(dec_seg > 0, (jnp.arange(ld)[None, :] * 5 + 1) % 90 + 5, 0),
+               input_segment_ids=enc_seg, target_segment_ids=dec_seg,
+               input_positions=pos(enc_seg), target_positions=pos(dec_seg),
+               weights=dec_seg.astype(jnp.float32))
+  model = models.build('encdec', variant, num_encoder_layers=1, num_decoder_layers=1,
+                       embed_dim=32, num_heads=2, mlp_dim=64, vocab_size=100, dropout_rate=0.0)
+  params = model.init(jax.random.key(0), batch['inputs'], batch['targets'],
+                      encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)['params']
+  specials = SpecialIds(vocab_size=100)
+
+  def run(chunk):
+    options = objective.Options(label_smoothing=0.1, loss_chunk_size=chunk)
+    f = lambda p: objective.loss(p, batch, None, model=model, specials=specials, options=options)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+  (ref, ref_m), ref_g = run(0)
+  (val, m), g = run(4)  # 10 target slots: chunks of 4, 4 and a zero-weight-padded 2
+  np.testing.assert_allclose(val, ref, rtol=1e-5)
+  assert set(m) == set(ref_m)
+  for k in ref_m:
+    np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  out = model.apply({'params': params}, batch['inputs'], batch['targets'],
+                    encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg, compute_logits=False)
+  assert 'logits' not in out and out['hidden'].shape == (3, ld, 32)
   with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
     objective.Options(loss_chunk_size=-1)
 

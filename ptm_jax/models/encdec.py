@@ -296,8 +296,11 @@ class Model(nn.Module):
                decoder_positions: jnp.ndarray | None = None,
                segment_ids: jnp.ndarray | None = None, positions: jnp.ndarray | None = None,
                token_types: jnp.ndarray | None = None,
-               deterministic: bool = True) -> dict[str, Any]:
+               deterministic: bool = True, compute_logits: bool = True) -> dict[str, Any]:
     """Encoder + decoder + LM head -> dict(logits, hidden, encoder_hidden).
+
+    `compute_logits=False` skips the `[B, L, V]` projection (a chunked loss applies `lm_logits`
+    to slices of `hidden` itself); `logits` is then absent.
 
     `segment_ids`/`positions`/`token_types` serve only the uniform single-sequence call
     (no `decoder_tokens`: both stacks read `encoder_tokens`); `token_types` is ignored.
@@ -315,7 +318,10 @@ class Model(nn.Module):
     hidden_BLD = self.decode(decoder_tokens, encoded_BSD, encoder_segment_ids=encoder_segment_ids,
                              segment_ids=decoder_segment_ids, positions=decoder_positions,
                              deterministic=deterministic)
-    return dict(logits=self.lm_logits(hidden_BLD), hidden=hidden_BLD, encoder_hidden=encoded_BSD)
+    out = dict(hidden=hidden_BLD, encoder_hidden=encoded_BSD)
+    if compute_logits:
+      out['logits'] = self.lm_logits(hidden_BLD)
+    return out
 
 
 def _default_positions(tokens_BL: jnp.ndarray, positions_BL: jnp.ndarray | None) -> jnp.ndarray:

@@ -53,8 +53,13 @@ class Options:
   delete_rate: float = 0.0
   random_token_rate: float = 0.0  # share of masks that are random ids instead (fairseq mask_random)
   label_smoothing: float = 0.0
+  # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
+  loss_chunk_size: int = 0
 
   def __post_init__(self):
+    if self.loss_chunk_size < 0:
+      raise ValueError(f'bart.Options.loss_chunk_size must be >= 0 (0 = off), got '
+                       f'{self.loss_chunk_size}')
     for name in ('mask_rate', 'permute_sentences', 'rotate', 'token_mask_rate', 'delete_rate',
                  'random_token_rate', 'label_smoothing'):
       if not 0.0 <= getattr(self, name) <= 1.0:
@@ -151,5 +156,6 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean reconstruction cross-entropy of the original row, and its metrics."""
   value, metrics = seq2seq.loss(params, batch, rng, model=model, specials=specials,
-                                label_smoothing=options.label_smoothing)
+                                label_smoothing=options.label_smoothing,
+                                loss_chunk_size=options.loss_chunk_size)
   return value, metrics

@@ -40,8 +40,13 @@ class Options:
   mask_token_rate: float = 0.8
   random_token_rate: float = 0.1
   label_smoothing: float = 0.0
+  # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
+  loss_chunk_size: int = 0
 
   def __post_init__(self):
+    if self.loss_chunk_size < 0:
+      raise ValueError(f'mass.Options.loss_chunk_size must be >= 0 (0 = off), got '
+                       f'{self.loss_chunk_size}')
     mlm.Options(0.15, self.mask_token_rate, self.random_token_rate)
     if not 0.0 < self.fragment_rate <= 1.0:
       raise ValueError(f'mass.Options.fragment_rate must be in (0, 1], got {self.fragment_rate}')
@@ -88,4 +93,5 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean cross-entropy over the fragment tokens, and its metrics."""
   return seq2seq.loss(params, batch, rng, model=model, specials=specials,
-                      label_smoothing=options.label_smoothing)
+                      label_smoothing=options.label_smoothing,
+                      loss_chunk_size=options.loss_chunk_size)

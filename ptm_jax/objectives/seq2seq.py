@@ -28,8 +28,12 @@ def decoder_start_id(model, specials) -> int:
 
 
 def loss(params, batch, rng, *, model, specials=None, z_loss: float = 0.0,
-         label_smoothing: float = 0.0):
-  """Mean cross-entropy of the decoder over the weighted target slots, and its metrics."""
+         label_smoothing: float = 0.0, loss_chunk_size: int = 0):
+  """Mean cross-entropy of the decoder over the weighted target slots, and its metrics.
+
+  `loss_chunk_size` > 0: the same loss from the decoder's hidden states, `loss_chunk_size`
+  target positions at a time (common.chunked_lm_loss_and_metrics), never `[B, Ld, V]` logits.
+  """
   decoder_inputs = batch.get('decoder_inputs')
   if decoder_inputs is None:
     decoder_inputs = shift_right(batch['targets'], batch['target_segment_ids'],
@@ -39,8 +43,15 @@ def loss(params, batch, rng, *, model, specials=None, z_loss: float = 0.0,
                     decoder_segment_ids=batch['target_segment_ids'],
                     encoder_positions=batch['input_positions'],
                     decoder_positions=batch['target_positions'],
-                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
-  value, metrics = common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
-                                              z_loss=z_loss, label_smoothing=label_smoothing)
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
+                    **({'compute_logits': False} if loss_chunk_size else {}))
+  if loss_chunk_size:
+    project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')
+    value, metrics = common.chunked_lm_loss_and_metrics(
+        out['hidden'], project, batch['targets'], batch['weights'], chunk_size=loss_chunk_size,
+        z_loss=z_loss, label_smoothing=label_smoothing)
+  else:
+    value, metrics = common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
+                                                z_loss=z_loss, label_smoothing=label_smoothing)
   metrics['num_encoder_tokens'] = jnp.sum(batch['input_segment_ids'] != 0).astype(jnp.float32)
   return value, metrics

@@ -49,8 +49,13 @@ class Options:
   mean_noise_span_length: float = 3.0
   z_loss: float = 1e-4  # T5X default
   label_smoothing: float = 0.0
+  # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
+  loss_chunk_size: int = 0
 
   def __post_init__(self):
+    if self.loss_chunk_size < 0:
+      raise ValueError(f'span_corruption.Options.loss_chunk_size must be >= 0 (0 = off), got '
+                       f'{self.loss_chunk_size}')
     if not 0.0 < self.noise_density < 1.0:
       raise ValueError(f'span_corruption.Options.noise_density must be in (0, 1), got {self.noise_density}')
     if self.mean_noise_span_length < 1.0:
@@ -184,4 +189,5 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
   """Mean target cross-entropy (+ z-loss) of the encoder–decoder, and its metrics."""
   return seq2seq.loss(params, batch, rng, model=model, specials=specials, z_loss=options.z_loss,
-                      label_smoothing=options.label_smoothing)
+                      label_smoothing=options.label_smoothing,
+                      loss_chunk_size=options.loss_chunk_size)
