@@ -74,10 +74,10 @@ def _electra_network(run_config: dict, fields: dict, params: dict, network: str)
   if network not in ELECTRA_NETWORKS:
     raise ValueError(f'electra_network={network!r}: use one of {", ".join(ELECTRA_NETWORKS)}')
   disc_cfg = make_config('encoder', fields)
-  options = objectives.build_options(electra, run_config['objective'])
   if network == 'discriminator':
     return (*electra_map.discriminator_part(params, disc_cfg), 'ElectraForPreTraining')
-  gen_cfg = electra.generator_config(disc_cfg, options)
+  gen_cfg = electra.generator_config(disc_cfg,
+                                     objectives.build_options(electra, run_config['objective']))
   return (*electra_map.generator_part(params, disc_cfg, gen_cfg), 'ElectraForMaskedLM')
 
 

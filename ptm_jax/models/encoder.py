@@ -115,6 +115,14 @@ class MLMHead(nn.Module):
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
 
+def tied_mlm_head(cfg) -> MLMHead:
+  """The MLM transform back to the token table's width: E when factorised (E and H then on
+  different mesh axes), else the model width."""
+  width = cfg.resolved_embedding_size
+  return MLMHead(cfg) if width == cfg.embed_dim else MLMHead(cfg, width=width,
+                                                              axes=('embed', None))
+
+
 class RTDHead(nn.Module):
   """ELECTRA replaced-token detection: dense(H) -> activation -> dense(1) -> float32 `[B, L]`."""
 
@@ -167,8 +175,7 @@ class Model(nn.Module):
         for _ in range(cfg.num_layers)]
     if cfg.pre_norm:
       self.final_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
-    self.mlm_head = (MLMHead(cfg) if width == cfg.embed_dim
-                     else MLMHead(cfg, width=width, axes=('embed', None)))
+    self.mlm_head = tied_mlm_head(cfg)
     if not cfg.tie_embeddings:
       self.mlm_decoder = embeddings.Embed(cfg.vocab_size, width, init_stddev=cfg.initializer_range,
                                           **dt)

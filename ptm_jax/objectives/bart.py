@@ -38,7 +38,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ptm_jax.objectives import mlm, noising, seq2seq
+from ptm_jax.objectives import common, mlm, noising, seq2seq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +57,7 @@ class Options:
   loss_chunk_size: int = 0
 
   def __post_init__(self):
-    if self.loss_chunk_size < 0:
-      raise ValueError(f'bart.Options.loss_chunk_size must be >= 0 (0 = off), got '
-                       f'{self.loss_chunk_size}')
+    common.check_loss_chunk_size('bart.Options', self.loss_chunk_size)
     for name in ('mask_rate', 'permute_sentences', 'rotate', 'token_mask_rate', 'delete_rate',
                  'random_token_rate', 'label_smoothing'):
       if not 0.0 <= getattr(self, name) <= 1.0:

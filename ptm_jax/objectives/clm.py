@@ -38,9 +38,7 @@ class Options:
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'clm.Options.z_loss must be >= 0, got {self.z_loss}')
-    if self.loss_chunk_size < 0:
-      raise ValueError(f'clm.Options.loss_chunk_size must be >= 0 (0 = off), got '
-                       f'{self.loss_chunk_size}')
+    common.check_loss_chunk_size('clm.Options', self.loss_chunk_size)
 
 
 def corrupt(rng, batch, *, specials, options: Options = Options()):
@@ -64,25 +62,6 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], token_types=batch.get('token_types'),
                     deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
-                    **logits_kwargs(model, chunk))
-  return decoder_loss(model, params, out, batch, z_loss=options.z_loss, chunk_size=chunk)
-
-
-def logits_kwargs(model, chunk_size: int) -> dict:
-  """`compute_logits=False` when the loss is chunked: the model then skips `[B, L, V]`."""
-  if not chunk_size:
-    return {}
-  if not hasattr(model, 'lm_logits'):
-    raise ValueError(f'loss_chunk_size needs a model with an lm_logits method (the decoder '
-                     f'family); {type(model).__name__} has none: set loss_chunk_size=0')
-  return {'compute_logits': False}
-
-
-def decoder_loss(model, params, out, batch, *, z_loss: float, chunk_size: int):
-  """Next-token loss and metrics from the model's logits, or chunked from its hidden states."""
-  if not chunk_size:
-    return common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
-                                      z_loss=z_loss)
-  project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')
-  return common.chunked_lm_loss_and_metrics(out['hidden'], project, batch['targets'],
-                                            batch['weights'], chunk_size=chunk_size, z_loss=z_loss)
+                    **common.logits_kwargs(model, chunk))
+  return common.output_loss_and_metrics(model, params, out, batch['targets'], batch['weights'],
+                                        chunk_size=chunk, z_loss=options.z_loss)

@@ -87,3 +87,31 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
   if z_loss:
     metrics['z_loss'] = sum_z / denom
   return loss, metrics
+
+
+def check_loss_chunk_size(owner: str, chunk_size: int) -> None:
+  """The `loss_chunk_size` field every LM objective's Options has: >= 0 (0 = unchunked)."""
+  if chunk_size < 0:
+    raise ValueError(f'{owner}.loss_chunk_size must be >= 0 (0 = off), got {chunk_size}')
+
+
+def logits_kwargs(model, chunk_size: int) -> dict:
+  """`compute_logits=False` when the loss is chunked: the model then skips `[B, L, V]`."""
+  if not chunk_size:
+    return {}
+  if not hasattr(model, 'lm_logits'):
+    raise ValueError(f'loss_chunk_size needs a model with an lm_logits method (the decoder and '
+                     f'encdec families); {type(model).__name__} has none: set loss_chunk_size=0')
+  return {'compute_logits': False}
+
+
+def output_loss_and_metrics(model, params, out, targets_BL, weights_BL, *, chunk_size: int,
+                            z_loss: float = 0.0, label_smoothing: float = 0.0):
+  """LM loss from a model output: its `logits`, or (chunk_size > 0) chunked from its `hidden`."""
+  if not chunk_size:
+    return lm_loss_and_metrics(out['logits'], targets_BL, weights_BL, z_loss=z_loss,
+                               label_smoothing=label_smoothing)
+  project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')  # noqa: E731
+  return chunked_lm_loss_and_metrics(out['hidden'], project, targets_BL, weights_BL,
+                                     chunk_size=chunk_size, z_loss=z_loss,
+                                     label_smoothing=label_smoothing)

@@ -134,11 +134,7 @@ class Generator(nn.Module):
     self.encoder = encoder.Model(cfg)
     # dense back to the shared table's width E, GELU, LayerNorm, tied decoder (HF
     # generator_predictions); E = the discriminator's width unless its embedding is factorised.
-    shared = self.embed_config
-    width = shared.resolved_embedding_size
-    self.mlm_head = encoder.MLMHead(
-        dataclasses.replace(shared, activation='gelu'),
-        **({} if width == shared.embed_dim else dict(width=width, axes=('embed', None))))
+    self.mlm_head = encoder.tied_mlm_head(dataclasses.replace(self.embed_config, activation='gelu'))
 
   def __call__(self, x_BLE, decode, *, segment_ids, attention_mask=None, deterministic=True,
                logits_positions=None):

@@ -29,7 +29,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ptm_jax.objectives import mlm, noising, seq2seq
+from ptm_jax.objectives import common, mlm, noising, seq2seq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +44,7 @@ class Options:
   loss_chunk_size: int = 0
 
   def __post_init__(self):
-    if self.loss_chunk_size < 0:
-      raise ValueError(f'mass.Options.loss_chunk_size must be >= 0 (0 = off), got '
-                       f'{self.loss_chunk_size}')
+    common.check_loss_chunk_size('mass.Options', self.loss_chunk_size)
     mlm.Options(0.15, self.mask_token_rate, self.random_token_rate)
     if not 0.0 < self.fragment_rate <= 1.0:
       raise ValueError(f'mass.Options.fragment_rate must be in (0, 1], got {self.fragment_rate}')

@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ptm_jax.objectives import clm, noising
+from ptm_jax.objectives import clm, common, noising
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +40,7 @@ class Options:
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'prefix_lm.Options.z_loss must be >= 0, got {self.z_loss}')
-    if self.loss_chunk_size < 0:
-      raise ValueError(f'prefix_lm.Options.loss_chunk_size must be >= 0 (0 = off), got '
-                       f'{self.loss_chunk_size}')
+    common.check_loss_chunk_size('prefix_lm.Options', self.loss_chunk_size)
 
 
 def split_prefix(rng, segment_ids_BL, positions_BL) -> jax.Array:
@@ -74,5 +72,6 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], prefix_flags=batch['prefix_flags'],
                     deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
-                    **clm.logits_kwargs(model, chunk))
-  return clm.decoder_loss(model, params, out, batch, z_loss=options.z_loss, chunk_size=chunk)
+                    **common.logits_kwargs(model, chunk))
+  return common.output_loss_and_metrics(model, params, out, batch['targets'], batch['weights'],
+                                        chunk_size=chunk, z_loss=options.z_loss)

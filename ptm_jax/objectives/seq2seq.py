@@ -44,14 +44,9 @@ def loss(params, batch, rng, *, model, specials=None, z_loss: float = 0.0,
                     encoder_positions=batch['input_positions'],
                     decoder_positions=batch['target_positions'],
                     deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
-                    **({'compute_logits': False} if loss_chunk_size else {}))
-  if loss_chunk_size:
-    project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')
-    value, metrics = common.chunked_lm_loss_and_metrics(
-        out['hidden'], project, batch['targets'], batch['weights'], chunk_size=loss_chunk_size,
-        z_loss=z_loss, label_smoothing=label_smoothing)
-  else:
-    value, metrics = common.lm_loss_and_metrics(out['logits'], batch['targets'], batch['weights'],
-                                                z_loss=z_loss, label_smoothing=label_smoothing)
+                    **common.logits_kwargs(model, loss_chunk_size))
+  value, metrics = common.output_loss_and_metrics(
+      model, params, out, batch['targets'], batch['weights'], chunk_size=loss_chunk_size,
+      z_loss=z_loss, label_smoothing=label_smoothing)
   metrics['num_encoder_tokens'] = jnp.sum(batch['input_segment_ids'] != 0).astype(jnp.float32)
   return value, metrics

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptm_jax.objectives import noising, seq2seq
+from ptm_jax.objectives import common, noising, seq2seq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,7 @@ class Options:
   loss_chunk_size: int = 0
 
   def __post_init__(self):
-    if self.loss_chunk_size < 0:
-      raise ValueError(f'span_corruption.Options.loss_chunk_size must be >= 0 (0 = off), got '
-                       f'{self.loss_chunk_size}')
+    common.check_loss_chunk_size('span_corruption.Options', self.loss_chunk_size)
     if not 0.0 < self.noise_density < 1.0:
       raise ValueError(f'span_corruption.Options.noise_density must be in (0, 1), got {self.noise_density}')
     if self.mean_noise_span_length < 1.0:
