@@ -1,9 +1,12 @@
-"""optax builders: AdamW / LAMB / Adafactor, warmup + decay schedules, weight-decay masks, clipping."""
+"""optax builders: AdamW / LAMB / Adafactor, warmup + decay schedules, weight-decay masks, clipping,
+layer-wise learning-rate decay."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -22,6 +25,9 @@ def default_optim_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-6,
       weight_decay=0.01,
       clip_norm=1.0,           # global-norm clipping; 0 disables
+      # Layer-wise LR decay (fine-tuning recipe of ELECTRA, Clark et al. 2020): block i of N gets
+      # LR * decay**(N - i), the embeddings decay**(N + 1), heads/pooler/final norm the full LR.
+      layerwise_lr_decay=1.0,  # 1 = off
   ))
 
 
@@ -69,4 +75,58 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
   else:
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose adamw, lamb or adafactor")
   chain = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-  return optax.chain(*chain, opt), schedule
+  decay = float(cfg.get("layerwise_lr_decay", 1.0))
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"optim.layerwise_lr_decay must be in (0, 1] (1 = off), got {decay}")
+  # After the optimizer, so the decoupled weight decay (part of the update) is scaled alike.
+  tail = [scale_by_layer_depth(decay)] if decay < 1.0 else []
+  return optax.chain(*chain, opt, *tail), schedule
+
+
+_LAYER_KEY = re.compile(r"^layers_(\d+)$")
+
+
+def _key_name(k) -> str:
+  return str(getattr(k, "key", getattr(k, "name", k)))
+
+
+def layer_depth_multipliers(params: Any, decay: float) -> Any:
+  """A tree of per-leaf LR multipliers: block `layers_i` of N -> decay**(N - i), embeddings (a
+  module named *embed* beside the blocks) -> decay**(N + 1), everything else -> 1.
+
+  Works on the encoder and decoder families (blocks `layers_{i}`), wrapped or not (a task model's
+  `backbone`, ELECTRA's `discriminator`).
+  """
+  paths = [[_key_name(k) for k in path] for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  depths = [int(m.group(1)) for names in paths for n in names if (m := _LAYER_KEY.match(n))]
+  if not depths:
+    raise ValueError("optim.layerwise_lr_decay needs a model whose blocks are named layers_{i} (the "
+                     "encoder and decoder families); set it to 1.0 for this model")
+  num_layers = max(depths) + 1
+
+  def multiplier(path, leaf) -> float:
+    names = [_key_name(k) for k in path]
+    for n in names:
+      m = _LAYER_KEY.match(n)
+      if m:
+        return decay ** (num_layers - int(m.group(1)))
+    # An embedding module is a sibling of the blocks (the same parent), not a head's "embed" field.
+    if any("embed" in n.lower() for n in names[:-1]):
+      return decay ** (num_layers + 1)
+    return 1.0
+  return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_by_layer_depth(decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its `layer_depth_multipliers` (static per parameter path)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    scales = layer_depth_multipliers(updates, decay)
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+  return optax.GradientTransformation(init_fn, update_fn)

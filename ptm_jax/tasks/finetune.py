@@ -26,7 +26,7 @@ from ptm_jax.data.sources import downstream
 INITS = ('pretrained', 'random')
 # config.downstream fields and their defaults; experiments set the ones they care about.
 DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5e-5,
-                warmup_steps=100, eval_every=100, eval_batch_size=0, early_stop_patience=0,
+                warmup_steps=100, layerwise_lr_decay=1.0, eval_every=100, eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
                 train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
                 # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
@@ -102,6 +102,7 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.optim.learning_rate = float(field('learning_rate'))
     ft.optim.warmup_steps = int(field('warmup_steps'))
     ft.optim.weight_decay = float(field('weight_decay'))
+    ft.optim.layerwise_lr_decay = float(field('layerwise_lr_decay'))
     ft.train.steps = steps
     ft.train.stop_at = 0
     ft.train.grad_accum = 1
