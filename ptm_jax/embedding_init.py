@@ -18,6 +18,9 @@ Recipe:
     al. 2011, 4 power iterations) gives `U_k sqrt(S_k)` (symmetric weighting, Levy et al. 2015);
   * rows are rescaled to the model's init standard deviation; ids never seen, or outside the
     frequent set, keep a random normal row of that scale.
+
+Also here: `rescale_tables`, the fine-tuning-time rescaling of pretrained embedding tables
+(`train.init_embedding_rms`).
 """
 from __future__ import annotations
 
@@ -92,3 +95,43 @@ def ppmi_svd_embeddings(rows: Iterable[dict[str, np.ndarray]], vocab_size: int, 
   vectors *= init_stddev / max(float(vectors.std()), 1e-12)
   table[keep] = vectors.astype(np.float32)
   return table, dict(tokens=seen, initialised_rows=int(len(keep)), vocab_size=vocab_size)
+
+
+def rescale_tables(params: dict, rms: float) -> dict:
+  """Pretrained params with every embedding table that feeds `embed_norm` scaled by one factor, so
+  that the token table's root-mean-square equals `rms` (e.g. the init std, 0.02).
+
+  Why: the tables are summed and then LayerNorm'd, so a common factor leaves the network's outputs
+  unchanged (up to LayerNorm's epsilon), but it changes fine-tuning. Adam's step size does not
+  depend on a parameter's scale, so a table's *relative* learning rate is inverse to its RMS, and
+  MLM pretraining with a tied head grows the token table (RMS 0.064 after the quickstart's 1,200
+  steps, against 0.02 at init): fine-tuned at the same LR, the pretrained words move 3x slower than
+  a random-init copy's. Rescaling to the init RMS gives both inits the same relative step.
+
+  Applies to every sub-tree holding `token_embed` and `embed_norm` (the encoder family; an ELECTRA
+  run's shared tables). The decoder family adds its embeddings without a LayerNorm, where a factor
+  would change the outputs: a one-line error.
+  """
+  if rms <= 0:
+    raise ValueError(f'train.init_embedding_rms must be > 0 (0 = off), got {rms}')
+  found = 0
+
+  def walk(tree):
+    nonlocal found
+    if not isinstance(tree, dict):
+      return tree
+    if 'token_embed' in tree and 'embed_norm' in tree:
+      found += 1
+      table = np.asarray(tree['token_embed']['embedding'], np.float64)
+      factor = rms / max(float(np.sqrt(np.mean(table ** 2))), 1e-12)
+      scaled = lambda e: (np.asarray(e) * factor).astype(np.asarray(e).dtype)  # noqa: E731
+      return {k: ({'embedding': scaled(v['embedding'])}
+                  if k.endswith('_embed') and set(v) == {'embedding'} else walk(v))
+              for k, v in tree.items()}
+    return {k: walk(v) for k, v in tree.items()}
+
+  out = walk(params)
+  if not found:
+    raise ValueError('train.init_embedding_rms needs pretrained embeddings that feed a LayerNorm '
+                     '(token_embed next to embed_norm: the encoder family); set it to 0 here')
+  return out

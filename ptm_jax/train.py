@@ -286,6 +286,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   tx, schedule = optim.make_optimizer(config.optim, tc.steps)
   per_device_rows = max(tc.batch_size // jax.device_count(), 1)
   init_params = ckpt.restore_params(config.init_from) if config.init_from else None
+  if init_params is not None and tc.get("init_embedding_rms"):
+    init_params = embedding_init.rescale_tables(init_params, float(tc.init_embedding_rms))
   if tc.get("embedding_init") and init_params is None and not ckpt.has_checkpoint(workdir):
     init_params = count_based_embeddings(config, tokenizer, model)
   state, state_sharding = create_state(model, tx, mesh, (per_device_rows, config.data.seq_len),

@@ -87,3 +87,42 @@ def test_train_hook_fills_the_encoder_table_and_refuses_other_families(data_dir)
   config.train.embedding_init = 'glove'
   with pytest.raises(ValueError, match="use 'ppmi_svd'"):
     train.count_based_embeddings(config, tokenizer, model)
+
+
+def _encoder_and_params(**fields):
+  import flax
+  import jax
+  import jax.numpy as jnp
+  from ptm_jax import models
+  model = models.build('encoder', 'runlocal', vocab_size=64, num_layers=1, embed_dim=32, num_heads=2,
+                       mlp_dim=64, max_position_embeddings=16, dropout_rate=0.0, **fields)
+  tokens = jnp.tile(jnp.arange(3, 11), (2, 1))
+  kwargs = dict(segment_ids=jnp.ones_like(tokens), positions=jnp.tile(jnp.arange(8), (2, 1)))
+  params = flax.core.meta.unbox(model.init(jax.random.key(0), tokens, **kwargs)['params'])
+  # A "pretrained" table: 3x the init scale plus a common direction, as tied MLM leaves it.
+  params = jax.tree.map(np.asarray, params)
+  params['token_embed']['embedding'] = params['token_embed']['embedding'] * 3 + 0.05
+  run = lambda p: np.asarray(model.apply({'params': p}, tokens, **kwargs)['hidden'])  # noqa: E731
+  return params, run
+
+
+@pytest.mark.parametrize('fields', [{}, {'embedding_size': 16}], ids=['bert', 'factorised'])
+def test_rescaled_tables_keep_the_encoder_function_and_hit_the_rms(fields):
+  params, run = _encoder_and_params(**fields)
+  rescaled = embedding_init.rescale_tables({'backbone': params}, 0.02)['backbone']
+  table = rescaled['token_embed']['embedding']
+  assert np.sqrt(np.mean(table.astype(np.float64) ** 2)) == pytest.approx(0.02, rel=1e-5)
+  factor = 0.02 / np.sqrt(np.mean(params['token_embed']['embedding'].astype(np.float64) ** 2))
+  for name in ('position_embed', 'type_embed'):  # every input of embed_norm, by the same factor
+    np.testing.assert_allclose(rescaled[name]['embedding'], params[name]['embedding'] * factor,
+                               rtol=1e-6)
+  for k, v in params['embed_norm'].items():  # the LayerNorm itself is untouched
+    np.testing.assert_array_equal(rescaled['embed_norm'][k], v)
+  np.testing.assert_allclose(run(rescaled), run(params), atol=2e-4)  # LayerNorm eps aside
+
+
+def test_rescale_refuses_tables_without_a_layernorm_and_bad_rms():
+  with pytest.raises(ValueError, match='embed_norm'):
+    embedding_init.rescale_tables({'token_embed': {'embedding': np.ones((4, 2))}}, 0.02)
+  with pytest.raises(ValueError, match='init_embedding_rms must be > 0'):
+    embedding_init.rescale_tables({}, 0.0)

@@ -83,6 +83,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       embedding_init="",
       embedding_init_tokens=2_000_000,
       embedding_init_std=0.0,  # std of the PPMI-SVD rows; 0 = the model's initializer_range
+      # > 0: the embedding tables loaded from `init_from` are rescaled so the token table has this
+      # RMS (function-preserving under the embedding LayerNorm; see embedding_init.rescale_tables).
+      init_embedding_rms=0.0,
   ))
   cfg.update(overrides)
   return cfg

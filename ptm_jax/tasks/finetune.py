@@ -26,7 +26,10 @@ from ptm_jax.data.sources import downstream
 INITS = ('pretrained', 'random')
 # config.downstream fields and their defaults; experiments set the ones they care about.
 DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5e-5,
-                warmup_steps=100, layerwise_lr_decay=1.0, eval_every=100, eval_batch_size=0, early_stop_patience=0,
+                warmup_steps=100, layerwise_lr_decay=1.0, eval_every=100,
+                # > 0: the pretrained embedding tables start fine-tuning at this token-table RMS
+                # (train.init_embedding_rms; function-preserving, see embedding_init.rescale_tables).
+                init_embedding_rms=0.0, eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
                 train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
                 # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
@@ -79,6 +82,7 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
   with ft.unlocked():
     ft.seed = int(seed)
     ft.init_from = pretrained_dir if init == 'pretrained' else ''
+    ft.train.init_embedding_rms = float(field('init_embedding_rms')) if init == 'pretrained' else 0.0
     # Count-based embedding init belongs to the pretraining stage: the random-init baseline stays
     # random, the pretrained init already carries it.
     if 'embedding_init' in ft.train:
