@@ -52,7 +52,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
 def decay_mask(params: Any) -> Any:
   """True for leaves that get weight decay: matrices, not biases or norm scales."""
   def keep(path, leaf) -> bool:
-    names = [str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path]
+    names = [_key_name(k).lower() for k in path]
     if any(n in NO_DECAY_NAMES or n.endswith("_norm") or "norm" in n for n in names[-2:]):
       return False
     return getattr(leaf, "ndim", 0) >= 2
@@ -110,7 +110,8 @@ def layer_depth_multipliers(params: Any, decay: float) -> Any:
       m = _LAYER_KEY.match(n)
       if m:
         return decay ** (num_layers - int(m.group(1)))
-    # An embedding module is a sibling of the blocks (the same parent), not a head's "embed" field.
+    # Outside the blocks: a leaf under a module named *embed* (token/position/type tables,
+    # embed_norm, embed_project) is an embedding; the leaf's own name is not looked at.
     if any("embed" in n.lower() for n in names[:-1]):
       return decay ** (num_layers + 1)
     return 1.0
