@@ -45,7 +45,7 @@ from ptm_jax.tasks import finetune
 # Fields every member takes from the comparison config (the encoder size and precision).
 SHARED_MODEL_FIELDS = ('num_layers', 'num_encoder_layers', 'num_decoder_layers', 'embed_dim',
                        'num_heads', 'head_dim', 'mlp_dim', 'dtype', 'param_dtype', 'remat',
-                       'attention_impl')
+                       'attention_impl', 'positions', 'rope_theta')
 # The corpus, row length and the data order; each member keeps its own row recipe
 # (pairs, cross_document, annotations, bos/eos).
 SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed', 'num_threads',

@@ -200,10 +200,11 @@ def save(config, family: str, params: dict, dst: str, *, architecture: str | Non
   if not amap.matches(config):
     raise ValueError(f'this {family} config is not a {amap.model_type} model ({config})')
   architecture = architecture or amap.default_architecture
+  # The config first: a config HF cannot represent fails in one line before any tensor or file.
+  hf_config = dict(amap.config_to_hf(config), architectures=[architecture], dtype='float32')
   tensors = tensors_from_params(amap, architecture, config, params)
   os.makedirs(dst, exist_ok=True)
   save_file(tensors, os.path.join(dst, WEIGHTS), metadata={'format': 'pt'})
-  hf_config = dict(amap.config_to_hf(config), architectures=[architecture], dtype='float32')
   info = info or {}
   if info.get('bos_id') is not None:
     hf_config['bos_token_id'] = info['bos_id']

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, embeddings, masks, mlp, norms, positions
-from ptm_jax.models.encoder import MLMHead, dtypes
+from ptm_jax.models.encoder import MLMHead, dtypes, positions_rotary
 
 SHARE_MODES = ('all', 'attention', 'ffn', 'none')
 
@@ -45,6 +45,8 @@ class Config:
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   position_offset: int = 0
+  positions: str = 'learned'  # or 'rotary' (RoFormer): see encoder.Config.positions
+  rope_theta: float = 10_000.0
   layer_norm_eps: float = 1e-12
   activation: str = 'gelu_new'  # HF AlbertConfig default (tanh GELU, as ALBERT's TF code)
   dropout_rate: float = 0.0  # ALBERT v2 trains without dropout
@@ -59,6 +61,8 @@ class Config:
     if self.share not in SHARE_MODES:
       raise ValueError(f'albert.Config.share must be one of {", ".join(SHARE_MODES)}, '
                        f'got {self.share!r}')
+    if self.positions not in ('learned', 'rotary'):
+      raise ValueError(f"albert positions={self.positions!r}; known: learned, rotary")
 
   @property
   def resolved_head_dim(self) -> int:
@@ -85,12 +89,13 @@ class AttentionSublayer(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, x_BLD, mask, deterministic: bool = True):
+  def __call__(self, x_BLD, mask, rotary=None, deterministic: bool = True):
     cfg, dt = self.config, dtypes(self.config)
     h = attention.Attention(cfg.num_heads, cfg.resolved_head_dim, use_bias=True,
                             attention_dropout_rate=cfg.attention_dropout_rate,
                             init_stddev=cfg.initializer_range, implementation=cfg.attention_impl,
-                            name='attention', **dt)(x_BLD, mask, deterministic=deterministic)
+                            name='attention', **dt)(x_BLD, mask, rotary=rotary,
+                                                    deterministic=deterministic)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     x_BLD = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(x_BLD + h)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
@@ -121,8 +126,9 @@ class Model(nn.Module):
     dt = dtypes(cfg)
     init = dict(init_stddev=cfg.initializer_range, **dt)
     self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embedding_size, **init)
-    self.position_embed = positions.LearnedPositions(
-        cfg.max_position_embeddings, cfg.embedding_size, offset=cfg.position_offset, **init)
+    if cfg.positions == 'learned':
+      self.position_embed = positions.LearnedPositions(
+          cfg.max_position_embeddings, cfg.embedding_size, offset=cfg.position_offset, **init)
     if cfg.type_vocab_size:
       self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embedding_size,
                                          axes=(None, 'embed'), **init)
@@ -132,8 +138,8 @@ class Model(nn.Module):
     # (None, 'embed'): E and H must not both map to the 'embed' mesh axis.
     self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), **dense)
     attn_cls, ffn_cls = AttentionSublayer, FFNSublayer
-    if cfg.remat:  # static_argnums counts self: (self, x, mask, deterministic) / (self, x, det)
-      attn_cls = nn.remat(AttentionSublayer, static_argnums=(3,))
+    if cfg.remat:  # static_argnums counts self: (self, x, mask, rotary, det) / (self, x, det)
+      attn_cls = nn.remat(AttentionSublayer, static_argnums=(4,))
       ffn_cls = nn.remat(FFNSublayer, static_argnums=(2,))
     if cfg.share in ('all', 'attention'):
       self.shared_attention = attn_cls(cfg)
@@ -150,7 +156,9 @@ class Model(nn.Module):
 
   def embed(self, tokens, *, positions, token_types=None, deterministic: bool = True):
     """Factorised embedding: E-wide sum -> LayerNorm -> dropout -> projection to `[B, L, H]`."""
-    x_BLE = self.token_embed(tokens) + self.position_embed(positions)
+    x_BLE = self.token_embed(tokens)
+    if self.config.positions == 'learned':
+      x_BLE = x_BLE + self.position_embed(positions)
     if self.config.type_vocab_size:
       if token_types is None:
         token_types = jnp.zeros_like(tokens)
@@ -166,14 +174,19 @@ class Model(nn.Module):
     return attn, ffn
 
   def encode(self, x_BLD, *, segment_ids, attention_mask=None, deterministic: bool = True,
-             output_hidden_states: bool = False):
+             output_hidden_states: bool = False, positions=None):
     """Runs the (possibly shared) layers; returns (hidden `[B, L, H]`, hidden_states or None)."""
+    rotary = None
+    if self.config.positions == 'rotary':
+      if positions is None:
+        raise ValueError('a rotary-position ALBERT needs `positions` in encode()')
+      rotary = positions_rotary(positions, self.config.resolved_head_dim, self.config.rope_theta)
     mask = masks.combine(masks.padding_mask(segment_ids),
                          masks.segment_mask(segment_ids, segment_ids), attention_mask)
     states = [x_BLD]
     for i in range(self.config.num_layers):
       attn, ffn = self.layer(i)
-      x_BLD = ffn(attn(x_BLD, mask, deterministic), deterministic)
+      x_BLD = ffn(attn(x_BLD, mask, rotary, deterministic), deterministic)
       states.append(x_BLD)
     return x_BLD, (tuple(states) if output_hidden_states else None)
 
@@ -196,7 +209,7 @@ class Model(nn.Module):
                        deterministic=deterministic)
     hidden_BLD, states = self.encode(x_BLD, segment_ids=segment_ids,
                                      attention_mask=attention_mask, deterministic=deterministic,
-                                     output_hidden_states=output_hidden_states)
+                                     output_hidden_states=output_hidden_states, positions=positions)
     pooled_BD = self.pool(hidden_BLD)
     scored = hidden_BLD
     if logits_positions is not None:

@@ -44,6 +44,12 @@ class Config:
   # tolerates higher learning rates, which small CPU-budget runs need; BERT itself is post-LN.
   pre_norm: bool = False
   position_offset: int = 0  # RoBERTa: padding_idx + 1 = 2
+  # 'learned' (BERT: an absolute table added to the token embeddings) or 'rotary' (RoFormer, Su et
+  # al. 2021: no table; queries and keys rotated by position, so every attention score depends on
+  # the relative offset). At a small budget a learned table never gets the model to use word
+  # order (README, quickstart section); rotary does from the first steps.
+  positions: str = 'learned'
+  rope_theta: float = 10_000.0
   block_position_embeddings: bool = False  # GLM: a second learned table (position inside a span)
   layer_norm_eps: float = 1e-12
   activation: str = 'gelu'  # exact erf GELU, as BERT
@@ -115,6 +121,11 @@ class MLMHead(nn.Module):
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
 
+def positions_rotary(positions_BL: jnp.ndarray, head_dim: int, theta: float):
+  """RoPE (cos, sin) tables for the blocks; RoFormer's rotation, in the rotate-half layout."""
+  return positions.rotary_cos_sin(positions_BL, head_dim, theta=theta)
+
+
 def tied_mlm_head(cfg) -> MLMHead:
   """The MLM transform back to the token table's width: E when factorised (E and H then on
   different mesh axes), else the model width."""
@@ -149,9 +160,12 @@ class Model(nn.Module):
     width = cfg.resolved_embedding_size
     self.token_embed = embeddings.Embed(cfg.vocab_size, width,
                                         init_stddev=cfg.initializer_range, **dt)
-    self.position_embed = positions.LearnedPositions(
-        cfg.max_position_embeddings, width, offset=cfg.position_offset,
-        init_stddev=cfg.initializer_range, **dt)
+    if cfg.positions not in ('learned', 'rotary'):
+      raise ValueError(f"encoder positions={cfg.positions!r}; known: learned, rotary")
+    if cfg.positions == 'learned':
+      self.position_embed = positions.LearnedPositions(
+          cfg.max_position_embeddings, width, offset=cfg.position_offset,
+          init_stddev=cfg.initializer_range, **dt)
     if cfg.type_vocab_size:
       self.type_embed = embeddings.Embed(cfg.type_vocab_size, width,
                                          init_stddev=cfg.initializer_range,
@@ -159,7 +173,7 @@ class Model(nn.Module):
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
     if cfg.block_position_embeddings:  # GLM's 2-D positions: the index inside a blank
       self.block_position_embed = positions.LearnedPositions(
-          cfg.max_position_embeddings, self.position_embed.features,
+          cfg.max_position_embeddings, width,
           init_stddev=cfg.initializer_range, **dt)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
     if width != cfg.embed_dim:  # (None, 'embed'): E and H must not both map to one mesh axis
@@ -193,7 +207,9 @@ class Model(nn.Module):
     With a factorised embedding (`embedding_size` E < D), `project=False` returns the E-wide
     output before `embed_project`: what ELECTRA's generator projects to its own width.
     """
-    x_BLD = self.token_embed(tokens) + self.position_embed(positions)
+    x_BLD = self.token_embed(tokens)
+    if self.config.positions == 'learned':
+      x_BLD = x_BLD + self.position_embed(positions)
     if self.config.block_position_embeddings:
       # Outside GLM's blanks (and at init) the second position is 0.
       block = jnp.zeros_like(tokens) if block_positions is None else block_positions
@@ -211,9 +227,17 @@ class Model(nn.Module):
 
   def encode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray,
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
-             output_hidden_states: bool = False):
-    """Runs the blocks on embeddings; returns (hidden `[B, L, D]`, hidden_states tuple or None)."""
+             output_hidden_states: bool = False, positions: jnp.ndarray | None = None):
+    """Runs the blocks on embeddings; returns (hidden `[B, L, D]`, hidden_states tuple or None).
+
+    `positions` `[B, L]` is needed with rotary positions (the blocks rotate queries and keys).
+    """
     cfg = self.config
+    rotary = None
+    if cfg.positions == 'rotary':
+      if positions is None:
+        raise ValueError('a rotary-position encoder needs `positions` in encode()')
+      rotary = positions_rotary(positions, cfg.resolved_head_dim, cfg.rope_theta)
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
     if cfg.mask_form != 'dense' and attention_mask is None:
@@ -224,7 +248,7 @@ class Model(nn.Module):
                            masks.segment_mask(segment_ids, segment_ids), attention_mask)
     states = [x_BLD]
     for layer in self.layers:
-      x_BLD = layer(x_BLD, mask, None, deterministic)
+      x_BLD = layer(x_BLD, mask, rotary, deterministic)
       states.append(x_BLD)
     if self.config.pre_norm:  # pre-LN residual streams are unnormalised until here
       x_BLD = self.final_norm(x_BLD)
@@ -255,7 +279,7 @@ class Model(nn.Module):
                        deterministic=deterministic, block_positions=block_positions)
     hidden_BLD, states = self.encode(x_BLD, segment_ids=segment_ids,
                                      attention_mask=attention_mask, deterministic=deterministic,
-                                     output_hidden_states=output_hidden_states)
+                                     output_hidden_states=output_hidden_states, positions=positions)
     pooled_BD = self.pool(hidden_BLD)
     scored = hidden_BLD
     if logits_positions is not None:

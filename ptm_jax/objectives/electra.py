@@ -137,10 +137,11 @@ class Generator(nn.Module):
     self.mlm_head = encoder.tied_mlm_head(dataclasses.replace(self.embed_config, activation='gelu'))
 
   def __call__(self, x_BLE, decode, *, segment_ids, attention_mask=None, deterministic=True,
-               logits_positions=None):
+               logits_positions=None, positions=None):
     """Shared embeddings `[B, L, E]` -> (MLM logits `[B, L|K, V]` float32, hidden `[B, L, Hg]`)."""
     hidden_BLH, _ = self.encoder.encode(self.embed_project(x_BLE), segment_ids=segment_ids,
-                                        attention_mask=attention_mask, deterministic=deterministic)
+                                        attention_mask=attention_mask, deterministic=deterministic,
+                                        positions=positions)
     scored = hidden_BLH
     if logits_positions is not None:
       scored = jnp.take_along_axis(hidden_BLH, logits_positions[..., None], axis=1)  # [B, K, Hg]
@@ -170,7 +171,8 @@ class Model(nn.Module):
     x_BLE = self._embed(tokens, positions, token_types, deterministic, project=False)
     logits, hidden = self.generator(x_BLE, self.discriminator.token_embed.attend,
                                     segment_ids=segment_ids, attention_mask=attention_mask,
-                                    deterministic=deterministic, logits_positions=logits_positions)
+                                    deterministic=deterministic, logits_positions=logits_positions,
+                                    positions=positions)
     return {'logits': logits, 'hidden': hidden}
 
   def discriminate(self, tokens, *, segment_ids, positions, token_types=None, attention_mask=None,
@@ -179,7 +181,7 @@ class Model(nn.Module):
     x_BLD = self._embed(tokens, positions, token_types, deterministic)
     hidden_BLD, states = self.discriminator.encode(
         x_BLD, segment_ids=segment_ids, attention_mask=attention_mask,
-        deterministic=deterministic, output_hidden_states=output_hidden_states)
+        deterministic=deterministic, output_hidden_states=output_hidden_states, positions=positions)
     out = {'hidden': hidden_BLD, 'rtd_logits': self.rtd_head(hidden_BLD)}
     if output_hidden_states:
       out['hidden_states'] = states

@@ -49,6 +49,8 @@ def _check_share(cfg) -> None:
 
 
 def _config_to_hf(cfg) -> dict:
+  require(getattr(cfg, 'positions', 'learned') == 'learned',
+          f'positions={cfg.positions!r} has no ALBERT equivalent')
   _check_share(cfg)
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),
           f'head_dim={cfg.head_dim} != embed_dim / num_heads has no ALBERT equivalent')

@@ -52,6 +52,8 @@ def _config_from_hf(c: dict) -> dict:
 
 
 def _config_to_hf(cfg) -> dict:
+  require(getattr(cfg, 'positions', 'learned') == 'learned',
+          f'positions={cfg.positions!r} has no ELECTRA equivalent')
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),
           f'head_dim={cfg.head_dim} != embed_dim / num_heads has no ELECTRA equivalent')
   require(cfg.type_vocab_size >= 1, 'type_vocab_size=0 has no ELECTRA equivalent')
