@@ -10,8 +10,9 @@ Representations"): BERT's post-LN encoder with its two parameter reductions.
     'none' (BERT-like). A sub-layer owns its post-LN LayerNorm. Shared modules are single Flax
     modules called repeatedly, so the tree holds one copy and gradients sum over the calls.
   * A tanh pooler on the first token and a 2-way sentence-order head (`sop_logits`).
-Parameter names: token_embed, position_embed, type_embed, embed_norm, embed_project,
-shared_attention | attention_{i}, shared_ffn | ffn_{i}, mlm_head, pooler, sop_head. The layout
+Parameter names: token_embed, position_embed (not with `positions='rotary'`), type_embed,
+embed_norm, embed_project, shared_attention | attention_{i}, shared_ffn | ffn_{i}, mlm_head,
+pooler, sop_head. The layout
 matches HF `AlbertForPreTraining` (hidden_act gelu_new, no dropout, as ALBERT v2), which
 tests/test_albert.py checks logit-for-logit ('all' = num_hidden_groups 1, 'none' = one group per
 layer) together with the parameter counts of the paper's Table 1.

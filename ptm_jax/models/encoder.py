@@ -2,6 +2,8 @@
 
 Embeddings (token + learned position + token type) -> LayerNorm -> dropout -> post-LN blocks,
 then an MLM head tied to the token embeddings, a tanh pooler over the first token and an NSP head.
+`positions='rotary'` (RoFormer, Su et al. 2021) drops the position table (no `position_embed`)
+and rotates queries and keys by position in every block instead.
 Parameter names follow `docs/contracts.md`: token_embed, position_embed, type_embed, embed_norm,
 [embed_project,] layers_{i}, mlm_head, pooler, nsp_head[, rtd_head][, mlm_decoder]. Two optional
 ones exist for ELECTRA checkpoints: a factorised embedding (`embedding_size` E < H) and the
