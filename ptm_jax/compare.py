@@ -45,7 +45,11 @@ from ptm_jax.tasks import finetune
 # Fields every member takes from the comparison config (the encoder size and precision).
 SHARED_MODEL_FIELDS = ('num_layers', 'num_encoder_layers', 'num_decoder_layers', 'embed_dim',
                        'num_heads', 'head_dim', 'mlp_dim', 'dtype', 'param_dtype', 'remat',
-                       'attention_impl', 'positions', 'rope_theta')
+                       'attention_impl')
+# The position scheme is shared only among the encoder families, where `positions` means the same
+# thing ('learned' | 'rotary'); encdec ('relative' | 'learned') and decoder members keep their own.
+POSITION_FIELDS = ('positions', 'rope_theta')
+POSITION_FAMILIES = ('encoder', 'albert')
 # The corpus, row length and the data order; each member keeps its own row recipe
 # (pairs, cross_document, annotations, bos/eos).
 SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed', 'num_threads',
@@ -91,7 +95,10 @@ def member_config(config, name: str) -> ml_collections.ConfigDict:
     raise ValueError(f'comparison member {name!r} has no entry in comparison.experiments '
                      f'(known: {", ".join(cmp.experiments)})')
   cfg = configs.load_experiment(_resolve_spec(cmp.experiments[name]))
-  for field in SHARED_MODEL_FIELDS:
+  shared = SHARED_MODEL_FIELDS
+  if config.model.family in POSITION_FAMILIES and cfg.model.family in POSITION_FAMILIES:
+    shared += POSITION_FIELDS
+  for field in shared:
     if field in cfg.model and field in config.model:
       cfg.model[field] = config.model[field]
   # Positions run 0..seq_len-1 plus the family's offset (RoBERTa: 2).

@@ -125,6 +125,14 @@ def test_members_share_size_corpus_tokenizer_and_budget():
     compare.plan(_comparison(**{'comparison.reference': 'gpt'}), VOCAB)
 
 
+def test_members_share_the_position_scheme():
+  rotary = {m.name: m.config.model for m in
+            compare.plan(_comparison(**{'model.positions': 'rotary'}), VOCAB)[0]}
+  assert {mc.family for mc in rotary.values()} == {'encoder', 'albert'}
+  assert all(mc.positions == 'rotary' for mc in rotary.values())
+  assert all(m.config.model.positions == 'learned' for m in compare.plan(_comparison(), VOCAB)[0])
+
+
 @pytest.mark.parametrize('arg', ['cpu', 'gpu'])
 def test_larger_sizes_plan(arg):
   members, _ = compare.plan(_comparison(arg), 8000)

@@ -99,6 +99,10 @@ def test_plan_shares_width_and_budget_across_families():
   assert by['t5'].steps == 20 > by['t5_iid'].steps > by['mass'].steps > by['bart'].steps
   with pytest.raises(ValueError, match='has no field'):
     compare.plan(_comparison(**{'comparison.member_model': {'t5': {'num_layers': 4}}}), V)
+  # Positions are each family's own here: T5 relative buckets, BART/GLM/UniLM learned tables.
+  assert by['t5'].config.model.positions == 'relative'
+  assert by['bart'].config.model.positions == 'learned'
+  assert by['glm'].config.model.positions == by['unilm'].config.model.positions == 'learned'
 
 
 @pytest.mark.parametrize('arg', ['cpu', 'gpu'])
