@@ -25,8 +25,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ptm_jax.layers import attention, embeddings, masks, mlp, norms, positions
-from ptm_jax.models.encoder import MLMHead, dtypes, positions_rotary
+from ptm_jax.layers import attention, embeddings, masks, mlp, norms
+from ptm_jax.layers import positions as positions_lib
+from ptm_jax.models.encoder import MLMHead, dtypes
 
 SHARE_MODES = ('all', 'attention', 'ffn', 'none')
 
@@ -128,7 +129,7 @@ class Model(nn.Module):
     init = dict(init_stddev=cfg.initializer_range, **dt)
     self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embedding_size, **init)
     if cfg.positions == 'learned':
-      self.position_embed = positions.LearnedPositions(
+      self.position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, cfg.embedding_size, offset=cfg.position_offset, **init)
     if cfg.type_vocab_size:
       self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embedding_size,
@@ -181,7 +182,8 @@ class Model(nn.Module):
     if self.config.positions == 'rotary':
       if positions is None:
         raise ValueError('a rotary-position ALBERT needs `positions` in encode()')
-      rotary = positions_rotary(positions, self.config.resolved_head_dim, self.config.rope_theta)
+      rotary = positions_lib.rotary_cos_sin(positions, self.config.resolved_head_dim,
+                                            theta=self.config.rope_theta)
     mask = masks.combine(masks.padding_mask(segment_ids),
                          masks.segment_mask(segment_ids, segment_ids), attention_mask)
     states = [x_BLD]

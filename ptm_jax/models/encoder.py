@@ -18,7 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ptm_jax.layers import blocks, embeddings, masks, mlp, norms, positions
+from ptm_jax.layers import blocks, embeddings, masks, mlp, norms
+from ptm_jax.layers import positions as positions_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +124,6 @@ class MLMHead(nn.Module):
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
 
-def positions_rotary(positions_BL: jnp.ndarray, head_dim: int, theta: float):
-  """RoPE (cos, sin) tables for the blocks; RoFormer's rotation, in the rotate-half layout."""
-  return positions.rotary_cos_sin(positions_BL, head_dim, theta=theta)
-
-
 def tied_mlm_head(cfg) -> MLMHead:
   """The MLM transform back to the token table's width: E when factorised (E and H then on
   different mesh axes), else the model width."""
@@ -165,7 +161,7 @@ class Model(nn.Module):
     if cfg.positions not in ('learned', 'rotary'):
       raise ValueError(f"encoder positions={cfg.positions!r}; known: learned, rotary")
     if cfg.positions == 'learned':
-      self.position_embed = positions.LearnedPositions(
+      self.position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, width, offset=cfg.position_offset,
           init_stddev=cfg.initializer_range, **dt)
     if cfg.type_vocab_size:
@@ -174,7 +170,7 @@ class Model(nn.Module):
                                          axes=(None, 'embed'), **dt)
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
     if cfg.block_position_embeddings:  # GLM's 2-D positions: the index inside a blank
-      self.block_position_embed = positions.LearnedPositions(
+      self.block_position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, width,
           init_stddev=cfg.initializer_range, **dt)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
@@ -239,7 +235,7 @@ class Model(nn.Module):
     if cfg.positions == 'rotary':
       if positions is None:
         raise ValueError('a rotary-position encoder needs `positions` in encode()')
-      rotary = positions_rotary(positions, cfg.resolved_head_dim, cfg.rope_theta)
+      rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
     if cfg.mask_form != 'dense' and attention_mask is None:

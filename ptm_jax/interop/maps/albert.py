@@ -49,7 +49,7 @@ def _check_share(cfg) -> None:
 
 
 def _config_to_hf(cfg) -> dict:
-  require(getattr(cfg, 'positions', 'learned') == 'learned',
+  require(cfg.positions == 'learned',
           f'positions={cfg.positions!r} has no ALBERT equivalent')
   _check_share(cfg)
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),

@@ -40,7 +40,7 @@ def _config_from_hf(c: dict, *, roberta: bool) -> dict:
 
 
 def _config_to_hf(cfg, *, roberta: bool) -> dict:
-  require(getattr(cfg, 'positions', 'learned') == 'learned',
+  require(cfg.positions == 'learned',
           f'positions={cfg.positions!r} has no BERT/RoBERTa equivalent')
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),
           f'head_dim={cfg.head_dim} != embed_dim / num_heads has no BERT/RoBERTa equivalent')

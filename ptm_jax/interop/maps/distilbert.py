@@ -31,7 +31,7 @@ def _config_from_hf(c: dict) -> dict:
 
 
 def _config_to_hf(cfg) -> dict:
-  require(getattr(cfg, 'positions', 'learned') == 'learned',
+  require(cfg.positions == 'learned',
           f'positions={cfg.positions!r} has no DistilBERT equivalent')
   require(cfg.head_dim in (None, cfg.embed_dim // cfg.num_heads),
           f'head_dim={cfg.head_dim} != embed_dim / num_heads has no DistilBERT equivalent')
