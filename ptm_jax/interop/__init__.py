@@ -1,5 +1,5 @@
-"""Pretrained weights in and out: HF safetensors (BERT, RoBERTa, ALBERT, ELECTRA, DistilBERT, GPT-2,
-Llama; `supported_architectures()`), GGUF (Llama).
+"""Pretrained weights in and out: HF safetensors (BERT, RoBERTa, ALBERT, ELECTRA, DistilBERT,
+RoFormer, GPT-2, Llama, T5, BART; `supported_architectures()`), GGUF (Llama).
 
   pre = load_pretrained('path/to/hf_dir' | 'model.gguf' | 'ptm_jax_dir' | 'pkg:<package>/<dir>')
   out = pre.model.apply({'params': pre.params}, tokens, segment_ids=..., positions=...)
@@ -53,8 +53,8 @@ def save_pretrained(model_or_config: Any, params: dict, dst: str, *, tokenizer: 
 
   `architecture` defaults by config: BertForPreTraining, RobertaForMaskedLM (position_offset > 0),
   ElectraForPreTraining (rtd_head or embedding_size < embed_dim), DistilBertForMaskedLM
-  (type_vocab_size 0), AlbertForPreTraining, GPT2LMHeadModel (learned positions) or
-  LlamaForCausalLM (rotary + RMSNorm + SwiGLU).
+  (type_vocab_size 0), RoFormerForMaskedLM (positions='rotary'), AlbertForPreTraining,
+  GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary + RMSNorm + SwiGLU).
   """
   config = getattr(model_or_config, 'config', model_or_config)
   family = _family_of(config)

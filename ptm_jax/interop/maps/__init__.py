@@ -33,6 +33,7 @@ MODULES: tuple[str, ...] = (
     'ptm_jax.interop.maps.albert',
     'ptm_jax.interop.maps.electra',
     'ptm_jax.interop.maps.distilbert',
+    'ptm_jax.interop.maps.roformer',
     'ptm_jax.interop.maps.t5',
     'ptm_jax.interop.maps.bart',
 )

@@ -98,10 +98,11 @@ def layer_to_hf(p: dict, pre: str) -> dict:
 
 
 def _plain(cfg) -> bool:
-  """Token types, no factorised embedding, no RTD head (else DistilBERT or ELECTRA write it), and
-  the MLM decoder tied to the input embeddings (HF BERT/RoBERTa checkpoints are)."""
-  return (cfg.type_vocab_size >= 1 and not cfg.rtd_head and getattr(cfg, 'tie_embeddings', True)
-          and not cfg.pre_norm
+  """Learned positions (rotary encoders are RoFormer's), token types, no factorised embedding, no
+  RTD head (else DistilBERT or ELECTRA write it), and the MLM decoder tied to the input embeddings
+  (HF BERT/RoBERTa checkpoints are)."""
+  return (cfg.positions == 'learned' and cfg.type_vocab_size >= 1 and not cfg.rtd_head
+          and getattr(cfg, 'tie_embeddings', True) and not cfg.pre_norm
           and cfg.resolved_embedding_size == cfg.embed_dim)
 
 

@@ -127,8 +127,9 @@ ELECTRA = ArchMap(
     config_to_hf=_config_to_hf,
     params_from_hf=_params_from_hf,
     params_to_hf=_params_to_hf,
+    # A factorised rotary encoder without an RTD head is RoFormer's (it has embeddings_project).
     matches=lambda cfg: (cfg.position_offset == 0 and cfg.type_vocab_size >= 1 and not cfg.pre_norm
-                         and (cfg.rtd_head or _factorised(cfg))),
+                         and (cfg.rtd_head or (_factorised(cfg) and cfg.positions != 'rotary'))),
     default_architecture='ElectraForPreTraining',
     ignore_suffixes=('embeddings.position_ids', 'embeddings.token_type_ids',
                      'generator_lm_head.weight'),
