@@ -2,8 +2,9 @@
 
 This is also the suite's one end-to-end run of the quickstart job (tokenizer -> MLM pretraining ->
 rt_sentiment fine-tunes -> report). It checks the job and its report, not the pretrained > random
-claim: at CPU scale pretrained leads by less than the seed spread (experiments/quickstart.py states
-the measurements), so at the suite's size the order of the two is noise.
+claim: that needs the `runlocal` size (1,200 pretraining steps, 900 fine-tuning steps, ~15 min;
+experiments/quickstart.py states the measurements); at the suite's size (200 and 60 steps) the
+order of the two is noise.
 """
 import json
 import os
