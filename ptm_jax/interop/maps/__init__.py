@@ -117,6 +117,11 @@ def activation_from_hf(name: str) -> str:
   return aliases[name]
 
 
+def factorised(cfg) -> bool:
+  """An encoder config with ALBERT/ELECTRA's factorised embedding (E-wide tables, E != H)."""
+  return cfg.resolved_embedding_size != cfg.embed_dim
+
+
 def require(condition: bool, message: str) -> None:
   """Raises a one-line ValueError for a config we cannot represent faithfully."""
   if not condition:

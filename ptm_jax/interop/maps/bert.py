@@ -16,8 +16,8 @@ RoBERTa decisions:
 """
 from __future__ import annotations
 
-from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, ln, ln_out,
-                                  require)
+from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, factorised,
+                                  ln, ln_out, require)
 
 
 def _config_from_hf(c: dict, *, roberta: bool) -> dict:
@@ -103,7 +103,7 @@ def _plain(cfg) -> bool:
   (HF BERT/RoBERTa checkpoints are)."""
   return (cfg.positions == 'learned' and cfg.type_vocab_size >= 1 and not cfg.rtd_head
           and getattr(cfg, 'tie_embeddings', True) and not cfg.pre_norm
-          and cfg.resolved_embedding_size == cfg.embed_dim)
+          and not factorised(cfg))
 
 
 def _params_from_hf(get: Getter, cfg, *, base: str, mlm: str, roberta: bool) -> dict:

@@ -12,8 +12,8 @@ LayerNorm uses eps 1e-12 (hard-coded in HF), so `layer_norm_eps=1e-12`.
 """
 from __future__ import annotations
 
-from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, ln, ln_out,
-                                  require)
+from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, factorised,
+                                  ln, ln_out, require)
 
 BASE = 'distilbert.'
 
@@ -118,7 +118,7 @@ DISTILBERT = ArchMap(
     params_from_hf=_params_from_hf,
     params_to_hf=_params_to_hf,
     matches=lambda cfg: (cfg.type_vocab_size == 0 and cfg.position_offset == 0 and not cfg.pre_norm
-                         and not cfg.rtd_head and cfg.resolved_embedding_size == cfg.embed_dim),
+                         and not cfg.rtd_head and not factorised(cfg)),
     default_architecture='DistilBertForMaskedLM',
     ignore_suffixes=('embeddings.position_ids', 'vocab_projector.weight'),
     unmapped=('pooler', 'nsp_head'),

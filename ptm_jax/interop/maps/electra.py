@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, ln, ln_out,
-                                  require)
+from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, factorised,
+                                  ln, ln_out, require)
 from ptm_jax.interop.maps.bert import layer_from_hf, layer_to_hf
 
 BASE = 'electra.'
@@ -70,10 +70,6 @@ def _config_to_hf(cfg) -> dict:
       tie_word_embeddings=True, is_decoder=False, pad_token_id=0)
 
 
-def _factorised(cfg) -> bool:
-  return cfg.resolved_embedding_size != cfg.embed_dim
-
-
 def _params_from_hf(get: Getter, cfg) -> dict:
   n, h = cfg.num_heads, cfg.resolved_head_dim
   e = BASE + 'embeddings.'
@@ -88,7 +84,7 @@ def _params_from_hf(get: Getter, cfg) -> dict:
       'rtd_head': {'dense': dense(get, 'discriminator_predictions.dense'),
                    'out': dense(get, 'discriminator_predictions.dense_prediction')},
   }
-  if _factorised(cfg):
+  if factorised(cfg):
     p['embed_project'] = dense(get, BASE + 'embeddings_project')
   for i in range(cfg.num_layers):
     p[f'layers_{i}'] = layer_from_hf(get, f'{BASE}encoder.layer.{i}.', n, h)
@@ -102,7 +98,7 @@ def _params_to_hf(p: dict, cfg) -> dict:
          e + 'position_embeddings.weight': p['position_embed']['embedding'],
          e + 'token_type_embeddings.weight': p['type_embed']['embedding']}
   out.update(ln_out(p['embed_norm'], e + 'LayerNorm'))
-  if _factorised(cfg):
+  if factorised(cfg):
     out.update(dense_out(p['embed_project'], BASE + 'embeddings_project'))
   for i in range(cfg.num_layers):
     out.update(layer_to_hf(p[f'layers_{i}'], f'{BASE}encoder.layer.{i}.'))
@@ -129,7 +125,7 @@ ELECTRA = ArchMap(
     params_to_hf=_params_to_hf,
     # A factorised rotary encoder without an RTD head is RoFormer's (it has embeddings_project).
     matches=lambda cfg: (cfg.position_offset == 0 and cfg.type_vocab_size >= 1 and not cfg.pre_norm
-                         and (cfg.rtd_head or (_factorised(cfg) and cfg.positions != 'rotary'))),
+                         and (cfg.rtd_head or (factorised(cfg) and cfg.positions != 'rotary'))),
     default_architecture='ElectraForPreTraining',
     ignore_suffixes=('embeddings.position_ids', 'embeddings.token_type_ids',
                      'generator_lm_head.weight'),

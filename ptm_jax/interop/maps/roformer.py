@@ -11,8 +11,8 @@ Decisions:
   The frequencies agree: HF's `RoFormerSinusoidalPositionalEmbedding` gives pair i the angle
   pos / 10000^(2i/d), ours pos * theta^(-2i/d) with theta = 10000, and both number positions
   0, 1, ... per sequence. So a per-head permutation of the query and key output features
-  converts one layout into the other: our i <- HF 2i, our i + d/2 <- HF 2i + 1 (`HF_ORDER`;
-  `OURS_ORDER` is its inverse, used on export). Why it is exact: rotating a permuted vector in the
+  converts one layout into the other: our i <- HF 2i, our i + d/2 <- HF 2i + 1 (`hf_order`;
+  `ours_order` is its inverse, used on export). Why it is exact: rotating a permuted vector in the
   permuted layout is the permuted rotation (each HF pair becomes one of our pairs, same angle and
   sign), and a score q.k sums over all head dims, so permuting q and k alike leaves it unchanged.
   Values and the output projection are not rotated and keep HF's order. Only q/k are reindexed
@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, ln, ln_out,
-                                  require)
+from ptm_jax.interop.maps import (ArchMap, Getter, activation_from_hf, dense, dense_out, factorised,
+                                  ln, ln_out, require)
 from ptm_jax.interop.maps.bert import layer_from_hf, layer_to_hf
 
 BASE = 'roformer.'
@@ -69,7 +69,10 @@ def permute_qk(layer: dict, order: np.ndarray) -> dict:
 
 def sinusoid_table(num_positions: int, head_dim: int) -> np.ndarray:
   """HF's `RoFormerSinusoidalPositionalEmbedding.create_weight` (even head_dim): float64 angles
-  pos / 10000^(2i/d), sin in the first half, cos in the second, cast to float32."""
+  pos / 10000^(2i/d), sin in the first half, cos in the second, cast to float32.
+
+  Not `layers.positions.sinusoidal` (same layout): that one computes in float32, whose angles at
+  large positions differ from HF's by ~1e-4, and the file's table must match HF's to 1e-6."""
   half = np.arange(head_dim // 2, dtype=np.float64)
   angles = np.arange(num_positions, dtype=np.float64)[:, None] / np.power(
       THETA, 2 * half / head_dim)[None, :]
@@ -135,10 +138,6 @@ def _config_to_hf(cfg) -> dict:
       is_decoder=False, pad_token_id=0)
 
 
-def _factorised(cfg) -> bool:
-  return cfg.resolved_embedding_size != cfg.embed_dim
-
-
 def _params_from_hf(get: Getter, cfg) -> dict:
   n, h = cfg.num_heads, cfg.resolved_head_dim
   table = get(TABLE)
@@ -154,7 +153,7 @@ def _params_from_hf(get: Getter, cfg) -> dict:
                    'norm': ln(get, 'cls.predictions.transform.LayerNorm'),
                    'bias': get('cls.predictions.bias')},
   }
-  if _factorised(cfg):
+  if factorised(cfg):
     p['embed_project'] = dense(get, BASE + 'embeddings_project')
   order = hf_order(h)
   for i in range(cfg.num_layers):
@@ -170,7 +169,7 @@ def _params_to_hf(p: dict, cfg) -> dict:
          e + 'token_type_embeddings.weight': p['type_embed']['embedding'],
          TABLE: sinusoid_table(cfg.max_position_embeddings, cfg.resolved_head_dim)}
   out.update(ln_out(p['embed_norm'], e + 'LayerNorm'))
-  if _factorised(cfg):
+  if factorised(cfg):
     out.update(dense_out(p['embed_project'], BASE + 'embeddings_project'))
   order = ours_order(cfg.resolved_head_dim)
   for i in range(cfg.num_layers):
