@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -199,22 +200,26 @@ def _mean_metrics(records: list[dict[str, np.ndarray]]) -> dict[str, float]:
 
 
 def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: str,
-             derive_metrics=None) -> dict[str, float]:
+             derive_metrics=None, cache: dict | None = None) -> dict[str, float]:
   """One pass over `split` (at most `train.eval_batches` batches; 0 = all); target-weighted means.
 
   `derive_metrics(totals)` (an objective's, e.g. entity F1 from summed counts) adds split-level
-  metrics that are not means of per-batch values.
+  metrics that are not means of per-batch values. With a `cache` dict the split's batches are read
+  (tokenized, packed) once and kept there for the next evaluation: the eval pass is deterministic.
   """
-  it = data_loader.make_iterator(
-      config.data, tokenizer, split=split,
-      global_batch_size=config.train.eval_batch_size or config.train.batch_size,
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-      repeat=False)
+  batches = cache.get(split) if cache is not None else None
+  if batches is None:
+    it = data_loader.make_iterator(
+        config.data, tokenizer, split=split,
+        global_batch_size=config.train.eval_batch_size or config.train.batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        repeat=False)
+    batches = itertools.islice(it, config.train.eval_batches or None)
+    if cache is not None:
+      batches = cache[split] = list(batches)
   totals: dict[str, float] = {}
   weight_sum = 0.0
-  for i, local in enumerate(it):
-    if config.train.eval_batches and i >= config.train.eval_batches:
-      break
+  for local in batches:
     m = jax.device_get(eval_step(params, _global_batch(local, batch_sharding), rng))
     w = float(m["num_targets"])
     weight_sum += w
@@ -227,6 +232,27 @@ def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: s
   if derive_metrics is not None:
     out.update(derive_metrics(out))
   return out
+
+
+def _is_new_best(history: list[dict[str, float]], value: float, metric: str) -> bool:
+  """True when `value` beats every earlier evaluation's `metric` strictly (losses: lower)."""
+  if not math.isfinite(value):
+    return False
+  sign = -1.0 if metric.endswith("loss") else 1.0
+  earlier = [sign * h[metric] for h in history if math.isfinite(h.get(metric, float("nan")))]
+  return not earlier or sign * value > max(earlier)
+
+
+def _reads_test(history: list[dict[str, float]], dev: dict[str, float], tc) -> bool:
+  """Whether this evaluation also reads `test_split`.
+
+  The test score is only ever reported at the evaluation with the best dev score (the earliest on
+  ties, tasks/finetune.select_best), so with test_at='best' the test split is read only when dev
+  sets a new best; 'every' (or no dev metric to judge by) reads it at every evaluation.
+  """
+  if tc.get("test_at", "best") == "every" or tc.early_stop_metric not in dev:
+    return True
+  return _is_new_best(history, dev[tc.early_stop_metric], tc.early_stop_metric)
 
 
 def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
@@ -270,8 +296,10 @@ def count_params(params: Any) -> int:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Runs (or resumes) training as configured; writes metrics, config and checkpoints to workdir."""
-  os.makedirs(workdir, exist_ok=True)
   tc = config.train
+  if tc.get("test_at", "best") not in ("best", "every"):
+    raise ValueError(f"train.test_at={tc.test_at!r}: use 'best' or 'every'")
+  os.makedirs(workdir, exist_ok=True)
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = sharding.make_mesh(config.mesh.preset, devices=devices,
                             tensor_parallel=config.mesh.tensor_parallel)
@@ -303,6 +331,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   eval_step = jax.jit(steps.make_eval_step(loss_fn, corrupt_fn),
                       in_shardings=(state_sharding.params, batch_sharding, None))
   eval_rng = jax.random.key(config.seed + 7919)
+  # Eval batches are read once per run and reused (a small labelled split, or eval_batches of a
+  # corpus); a whole large corpus split (eval_batches=0) is streamed each time instead.
+  from ptm_jax.data.sources import downstream  # pylint: disable=g-import-not-at-top
+  eval_cache = {} if (tc.eval_batches or config.data.source in downstream.TASKS) else None
 
   data_iter = data_loader.make_iterator(
       config.data, tokenizer, split="train", global_batch_size=tc.batch_size, seed=config.seed,
@@ -377,9 +409,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         flush_pending(step)
         ev_logged = {}
         for prefix, split in (("eval", tc.eval_split), ("test", tc.test_split)):
-          if split:
+          if split and (prefix == "eval" or _reads_test(eval_history, ev_logged, tc)):
             ev = evaluate(eval_step, state.params, config, tokenizer, batch_sharding, eval_rng, split,
-                          getattr(objective, "derive_metrics", None))
+                          getattr(objective, "derive_metrics", None), eval_cache)
             ev_logged.update({f"{prefix}/{k}": v for k, v in ev.items()})
         eval_history.append({"step": step, **ev_logged})
         writer.write(step, ev_logged)

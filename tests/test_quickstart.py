@@ -28,6 +28,11 @@ def test_configs_resolve():
     assert ft.data.source == 'rt_sentiment' and ft.init_from == '/pretrain'
     assert ft.train.eval_split == 'validation' and ft.train.test_split == 'test'
     assert ft.train.eval_batches == 0 and ft.train.steps == config.downstream.steps
+    if arg != 'gpu':  # snippets packed up to 8 per row, 16 rows (~30 snippets) per step
+      assert ft.data.pack_examples == 8 and ft.train.batch_size == 16
+    # Tagging rows are never packed (their targets are per token), whatever the config says.
+    assert finetune.finetune_config(config, 'pd_ner_zh', 'random', 0, '',
+                                    tokenizer_cfg=config.data.tokenizer).data.pack_examples == 0
     random = finetune.finetune_config(config, 'rt_sentiment', 'random', 0, '/pretrain',
                                       tokenizer_cfg=config.data.tokenizer)
     assert random.init_from == '' and random.optim.learning_rate == ft.optim.learning_rate

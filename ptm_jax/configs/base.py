@@ -73,7 +73,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       eval_batches=10,
       eval_batch_size=0,     # 0 = batch_size
       eval_split="validation",
-      test_split="",         # also evaluated at every eval when set (reported at the best dev eval)
+      test_split="",         # also evaluated when set (reported at the best dev eval), see test_at
+      test_at="best",        # 'best': only at evaluations that set a new best early_stop_metric
+                             # (the only ones ever reported); 'every': at every evaluation
       early_stop_patience=0,  # evaluations without improvement before stopping; 0 = off
       early_stop_metric="eval/accuracy",
       checkpoint_every=1000,

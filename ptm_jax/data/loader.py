@@ -24,6 +24,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       'pairs': '',             # '' | 'nsp' | 'sop': one [CLS] A [SEP] B [SEP] example per row (data/pairs.py)
       'cross_document': False, # RoBERTa FULL-SENTENCES: rows span documents, one segment each
       'max_train_examples': 0, # labelled tasks: use only the first N train examples (0 = all)
+      'pack_examples': 0,      # classification tasks: up to N examples per row (sources/task_packing.py)
       'num_shards': 0,         # data shards (0 = one per process); fixes the data order across host counts
       'annotations': (),       # any of 'words', 'phrases', 'entities': *_ids arrays per row (data/annotate.py)
       'tokenizer': {

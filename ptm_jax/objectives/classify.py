@@ -8,12 +8,15 @@ the head is dropout(`dropout_rate`) -> dense(num_classes) over one vector per se
   * pooling='cls': the encoder's `pooled` output (BERT: tanh(dense(h_[CLS]))); for
     backbone='decoder' the last real token's hidden state (the only position that saw the whole text);
   * pooling='mean': the mean of `hidden` over the real tokens (segment_ids != 0), padding ignored.
-The loss is the label_weight-weighted mean cross-entropy over rows; padding rows (label_weight 0,
-used to complete evaluation passes) contribute nothing.
+The loss is the label_weight-weighted mean cross-entropy over examples; padding rows (label_weight
+0, used to complete evaluation passes) contribute nothing. Packed rows (`data.pack_examples`,
+data/sources/task_packing.py) hold several examples, labels `[B, K]`: each segment is pooled on its
+own (its mean, its [CLS] through the pooler, or its last token) and scored against its slot.
 
 Tests (tests/test_classify.py): the loss equals a hand-computed weighted CE and ignores weight-0 rows;
 mean pooling is invariant to what sits in padded positions; a params-only init from an encoder
-checkpoint fills `params['backbone']`.
+checkpoint fills `params['backbone']`. tests/test_task_packing.py: packed logits equal unpacked ones
+for every pooling and backbone, and no example's loss has a gradient from another's tokens.
 """
 from __future__ import annotations
 
@@ -50,40 +53,61 @@ class Options:
       raise ValueError(f'classify.Options.dropout_rate must be in [0, 1), got {self.dropout_rate}')
 
 
-def pool(out: dict[str, Any], segment_ids_BL, options: Options):
-  """One float32 vector `[B, D]` per row from the backbone's outputs."""
+def pool(out: dict[str, Any], segment_ids_BL, options: Options, num_slots: int = 0,
+         pooler=None):
+  """One float32 vector per row `[B, D]` (num_slots=0), or per packed example `[B, K, D]`.
+
+  With `num_slots = K`, slot k pools segment k + 1 of the row (data.pack_examples): the mean over
+  its tokens, its first token (encoders: through the backbone's `pooler`, BERT's tanh(dense(.)))
+  or its last token (decoders). An unpacked row is one segment, so K = 1 gives the unpacked values.
+  """
   hidden_BLD = out['hidden'].astype(jnp.float32)
-  real_BL = (segment_ids_BL != 0).astype(jnp.float32)
+  if not num_slots:
+    if options.pooling == 'cls' and options.backbone == 'encoder' and 'pooled' in out:
+      return out['pooled'].astype(jnp.float32)  # the backbone already pooled position 0
+    # Every real token is the row's one example, whatever its segment id.
+    return pool(out, jnp.minimum(segment_ids_BL, 1), options, 1, pooler)[:, 0]
+  slot_ids_K = jnp.arange(1, num_slots + 1, dtype=segment_ids_BL.dtype)
+  in_slot_BLK = (segment_ids_BL[:, :, None] == slot_ids_K[None, None, :]).astype(jnp.float32)
   if options.pooling == 'mean':
-    summed_BD = jnp.einsum('bld,bl->bd', hidden_BLD, real_BL)
-    return summed_BD / jnp.maximum(real_BL.sum(axis=1, keepdims=True), 1.0)
-  if options.backbone == 'decoder':
-    last_B = jnp.maximum(real_BL.sum(axis=1).astype(jnp.int32) - 1, 0)
-    return jnp.take_along_axis(hidden_BLD, last_B[:, None, None], axis=1)[:, 0]
-  if 'pooled' in out:
-    return out['pooled'].astype(jnp.float32)
-  return hidden_BLD[:, 0]
+    summed_BKD = jnp.einsum('bld,blk->bkd', hidden_BLD, in_slot_BLK)
+    return summed_BKD / jnp.maximum(in_slot_BLK.sum(axis=1), 1.0)[..., None]
+  length = segment_ids_BL.shape[1]
+  if options.backbone == 'decoder':  # the last token of each segment saw the whole example
+    at_BK = jnp.argmax(in_slot_BLK * jnp.arange(1, length + 1, dtype=jnp.float32)[None, :, None],
+                       axis=1)
+  else:  # the first token ([CLS]) of each segment; 0 for an empty slot
+    at_BK = jnp.argmax(in_slot_BLK, axis=1)
+  picked_BKD = jnp.take_along_axis(hidden_BLD, at_BK[..., None], axis=1)
+  if options.backbone == 'encoder' and 'pooled' in out and pooler is not None:
+    b, k, d = picked_BKD.shape
+    return pooler(picked_BKD.reshape(b * k, 1, d)).reshape(b, k, -1).astype(jnp.float32)
+  return picked_BKD
 
 
 class Classifier(nn.Module):
-  """backbone (a family Model) + dropout + dense head; returns {'logits': [B, C] float32, ...}."""
+  """backbone (a family Model) + dropout + dense head; returns {'logits': [B, C] float32, ...}.
+
+  `num_slots = K > 0` (packed rows, label `[B, K]`): logits `[B, K, C]`, one per packed example.
+  """
 
   backbone: nn.Module
   options: Options
 
   @nn.compact
   def __call__(self, tokens, *, segment_ids, positions, token_types=None, deterministic: bool = True,
-               **unused):
+               num_slots: int = 0, **unused):
     del unused
     out = self.backbone(tokens, segment_ids=segment_ids, positions=positions,
                         token_types=token_types, deterministic=deterministic)
-    features_BD = pool(out, segment_ids, self.options)
-    features_BD = nn.Dropout(self.options.dropout_rate)(features_BD, deterministic=deterministic)
-    logits_BC = nn.Dense(
+    features = pool(out, segment_ids, self.options, num_slots,
+                    getattr(self.backbone, 'pool', None) if num_slots else None)
+    features = nn.Dropout(self.options.dropout_rate)(features, deterministic=deterministic)
+    logits = nn.Dense(
         self.options.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name='head',
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ('embed', None)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(features_BD)
-    return {'logits': logits_BC, 'features': features_BD}
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(features)
+    return {'logits': logits, 'features': features}
 
 
 def build_model(family: str, variant: str, fields: dict[str, Any], options: Options) -> Classifier:
@@ -102,12 +126,17 @@ def corrupt(rng, batch, *, specials=None, options: Options = Options()):
 
 
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
-  """Weighted mean cross-entropy over rows, and {'loss', 'accuracy', 'num_targets'}."""
+  """Weighted mean cross-entropy over examples, and {'loss', 'accuracy', 'num_targets'}.
+
+  Targets `[B]` (one example per row) or `[B, K]` (packed rows: one per slot).
+  """
   del specials, options
+  targets = batch['targets']
   out = model.apply({'params': params}, batch['inputs'], segment_ids=batch['segment_ids'],
                     positions=batch['positions'], token_types=batch.get('token_types'),
-                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng})
-  weights_B = batch['weights']
-  # A weight-0 row must not leak NaN/Inf into the weighted sums (0 * inf = nan).
-  logits_BC = jnp.where(weights_B[:, None] > 0, out['logits'], 0.0)
-  return common.lm_loss_and_metrics(logits_BC, batch['targets'], weights_B)
+                    deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
+                    num_slots=targets.shape[1] if targets.ndim == 2 else 0)
+  weights = batch['weights']
+  # A weight-0 row or slot must not leak NaN/Inf into the weighted sums (0 * inf = nan).
+  logits = jnp.where(weights[..., None] > 0, out['logits'], 0.0)
+  return common.lm_loss_and_metrics(logits, targets, weights)

@@ -32,6 +32,9 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 init_embedding_rms=0.0, eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
                 train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
+                # > 0: classification rows hold up to this many examples, first-fit packed
+                # (data/sources/task_packing.py); batch_size then counts rows, not examples.
+                pack_examples=0,
                 # Feature-based transfer (tasks/probe.py): frozen encoder, per-layer linear probes
                 # and an ELMo scalar mix, for the classification tasks; off unless asked for.
                 probe=False, probe_steps=500, probe_learning_rate=1e-2, probe_l2=1e-3,
@@ -100,6 +103,8 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.data.source = task
     # A fixed subset of the labelled train split (0 = all): the low-resource regime.
     ft.data.max_train_examples = int(field('train_examples'))
+    # Tagging and generation rows keep one example each (their targets are per token).
+    ft.data.pack_examples = int(field('pack_examples')) if info.kind == 'classification' else 0
     ft.data.tokenizer = tokenizer_cfg if tokenizer_cfg is not None else pinned_tokenizer_config(config)
     if field('seq_len'):
       ft.data.seq_len = int(field('seq_len'))

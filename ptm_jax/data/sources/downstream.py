@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 from ptm_jax.data import sources
 from ptm_jax.data.sources import news_en
 from ptm_jax.data.sources import splits
+from ptm_jax.data.sources import task_packing
 
 TASK_SPLITS = ('train', 'validation', 'test')
 # Stored in code: changing a seed changes which examples are test examples.
@@ -390,6 +391,7 @@ def make_task_iterator(data_cfg, tokenizer, *, split: str, global_batch_size: in
   repeat=True: shuffled with `seed` (re-shuffled each epoch), endless, full batches.
   repeat=False: one ordered pass over every example; the last batch is completed by rows with
   label_weight 0, so every batch has the same static shape.
+  `data.pack_examples = K > 0` (classification tasks): up to K examples per row (task_packing.py).
   """
   info = task_info(data_cfg.source)
   if split not in TASK_SPLITS:
@@ -401,6 +403,11 @@ def make_task_iterator(data_cfg, tokenizer, *, split: str, global_batch_size: in
   source = builder.as_data_source(split)
   if len(source) == 0:
     raise ValueError(f'{info.name}/{split} is empty')
+  pack = int(data_cfg.get('pack_examples', 0) or 0)
+  if pack and info.kind != 'classification':
+    raise ValueError(f'data.pack_examples={pack} packs classification tasks only; set it to 0 for '
+                     f'{info.name} ({info.kind})')
+  threads = max(int(data_cfg.get('num_threads', 4)), 1)
   if info.kind == 'generation':
     from ptm_jax.data.sources import news_headline  # pylint: disable=g-import-not-at-top
     encode = news_headline.encode_fn(data_cfg, tokenizer)
@@ -418,11 +425,17 @@ def make_task_iterator(data_cfg, tokenizer, *, split: str, global_batch_size: in
       # The split is already a hash-ordered sample of the task, so its first N rows are a fixed,
       # unbiased subset, the same for every seed and init.
       ds = ds[:limit]
-    ds = ds.seed(int(shuffle_seed)).shuffle().repeat()
-    ds = ds[process_index::process_count].map(encode).batch(local, drop_remainder=True)
+    ds = ds.seed(int(shuffle_seed)).shuffle().repeat()[process_index::process_count]
+    if pack:
+      return iter(task_packing.train_batches(ds, tokenizer, seq_len=int(data_cfg.seq_len),
+                                             max_per_row=pack, local_batch=local, threads=threads))
+    ds = ds.map(encode).batch(local, drop_remainder=True)
+  elif pack:
+    return iter(task_packing.eval_batches(source, tokenizer, seq_len=int(data_cfg.seq_len),
+                                          max_per_row=pack, global_batch=global_batch_size,
+                                          process_index=process_index, process_count=process_count))
   else:
     order = _EvalOrder(source, global_batch_size, process_index, process_count)
     ds = grain.MapDataset.source(order).map(encode).batch(local)
-  threads = max(int(data_cfg.get('num_threads', 4)), 1)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                    prefetch_buffer_size=max(16, 4 * threads))))
