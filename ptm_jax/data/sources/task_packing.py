@@ -27,10 +27,6 @@ import math
 import grain
 import numpy as np
 
-ROW_KEYS = ('tokens', 'segment_ids', 'positions')
-SLOT_KEYS = ('label', 'label_weight', 'example_id')
-
-
 def encode_fn(tokenizer, seq_len: int):
   """example -> `[CLS] text [SEP]` ids (truncated to seq_len) with the label and id per token.
 
