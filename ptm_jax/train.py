@@ -234,11 +234,16 @@ def evaluate(eval_step, params, config, tokenizer, batch_sharding, rng, split: s
   return out
 
 
+def _sign(metric: str) -> float:
+  """+1 for scores that improve upwards (accuracy, F1), -1 for losses."""
+  return -1.0 if metric.endswith("loss") else 1.0
+
+
 def _is_new_best(history: list[dict[str, float]], value: float, metric: str) -> bool:
   """True when `value` beats every earlier evaluation's `metric` strictly (losses: lower)."""
   if not math.isfinite(value):
     return False
-  sign = -1.0 if metric.endswith("loss") else 1.0
+  sign = _sign(metric)
   earlier = [sign * h[metric] for h in history if math.isfinite(h.get(metric, float("nan")))]
   return not earlier or sign * value > max(earlier)
 
@@ -259,7 +264,7 @@ def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
   """True when the dev metric has not improved for `early_stop_patience` evaluations."""
   if not tc.early_stop_patience or len(history) <= tc.early_stop_patience:
     return False
-  sign = -1.0 if tc.early_stop_metric.endswith("loss") else 1.0
+  sign = _sign(tc.early_stop_metric)
   values = [sign * h.get(tc.early_stop_metric, float("-inf")) for h in history]
   best_at = int(np.argmax(values))
   return len(values) - 1 - best_at >= tc.early_stop_patience

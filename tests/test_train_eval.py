@@ -1,10 +1,13 @@
 """The train loop's evaluation bookkeeping: the test split is read at new best dev scores only
 (test_at='best'), which is exactly the evaluation finetune.select_best reports; eval batches are
 read once per run and reused."""
+import os
+
 import ml_collections
 import numpy as np
 import pytest
 
+from ptm_jax import configs
 from ptm_jax import train
 from ptm_jax.tasks import finetune
 
@@ -65,8 +68,6 @@ def test_eval_batches_are_read_once_with_a_cache(monkeypatch):
 
 
 def test_unknown_test_at_is_one_line(tmp_path):
-  from ptm_jax import configs  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = configs.load_experiment(os.path.join(repo, 'experiments/quickstart.py:tiny'),
                                    {'train.test_at': 'sometimes', 'mesh.num_devices': 1})
