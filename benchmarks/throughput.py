@@ -112,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "e.g. 'default;mask=lengths;mask=lengths,loss_chunk=1024,vocab_pad=128'. "
                       f"Keys: {', '.join(VARIANT_KEYS)} (docs/benchmarks.md)")
   p.add_argument('--dropout', type=float, default=0.1, help='hidden dropout, both sides')
+  p.add_argument('--checks', default='all', choices=('all', 'matmul'),
+                 help="'matmul': only the matmul peak, not the (slow) cuDNN-vs-XLA attention check")
   p.add_argument('--numerics', action='store_true',
                  help='ours: loss and gradient in bf16 vs fp32 on one batch (first impl)')
   p.add_argument('--max_batch', action='store_true',
@@ -138,8 +140,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --variants keys -> what they set (the means of docs/benchmarks.md "Means implemented"):
 # mask: Config.mask_form (both families); loss_chunk: clm.Options.loss_chunk_size (CLM only);
-# vocab_pad: decoder Config.vocab_pad_multiple (decoder only). Keys a workload lacks are ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad')
+# vocab_pad: decoder Config.vocab_pad_multiple (decoder only); prng: the key implementation the
+# child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
+# drawn from it). Keys a workload lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng')
+PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -157,12 +162,24 @@ def parse_variants(text: str) -> list[dict]:
         if value not in ('dense', 'lengths', 'packed'):
           raise ValueError(f'--variants: mask={value!r}; use dense, lengths or packed')
         opts[key] = value
+      elif key == 'prng':
+        if value not in PRNG_IMPLS:
+          raise ValueError(f'--variants: prng={value!r}; use one of {", ".join(PRNG_IMPLS)}')
+        opts[key] = value
       elif value.isdigit():
         opts[key] = int(value)
       else:
         raise ValueError(f'--variants: {key}={value!r} must be a non-negative integer')
     out.append(opts)
   return out
+
+
+def applied_options(wl: dict, options: dict) -> dict:
+  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
+  keep = {'mask', 'prng'}
+  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
+  keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
+  return {k: v for k, v in options.items() if k in keep}
 
 
 def variant_label(options: dict) -> str:
@@ -225,15 +242,18 @@ def build_plan(args) -> list[dict]:
   torch; the compiled references (slow to start); the numerics checks; the batch search."""
   common = dict(seed=args.seed, steps=args.steps, windows=args.windows, warmup=args.warmup,
                 dropout=args.dropout, remat=args.remat, mode='throughput')
-  plan = [dict(kind='checks', tiny=args.tiny)]
+  plan = [dict(kind='checks', tiny=args.tiny, cudnn=args.checks == 'all')]
   names = args.workloads.split(',')
   impls = args.attention_impl.split(',')
   modes = [m for m in args.reference_modes.split(',') if m]
   compiled, numerics = [], []
   for name in names:
     wl = workload_spec(name, args)
+    # One row per distinct applied option set: keys a workload lacks would otherwise repeat a row.
+    options_list = list({variant_label(applied_options(wl, o)): applied_options(wl, o)
+                         for o in args.variant_list}.values())
     plan += [dict(common, kind='ours', workload=wl, attention_impl=impl, options=options)
-             for impl in impls for options in args.variant_list]
+             for impl in impls for options in options_list]
     if not args.skip_reference:
       for i, mode in enumerate(modes):
         (plan if i == 0 else compiled).append(dict(common, kind='reference', workload=wl,

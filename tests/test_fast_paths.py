@@ -284,15 +284,38 @@ def test_benchmark_variants_flag():
   import sys
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
   import throughput
-  import throughput_ours
   args = throughput.parse_args(['--variants', 'default;mask=lengths,loss_chunk=1024,vocab_pad=128'])
   assert args.variant_list == [{}, dict(mask='lengths', loss_chunk=1024, vocab_pad=128)]
   ours = [s for s in throughput.build_plan(args) if s['kind'] == 'ours']
   assert len(ours) == 2 * 3  # 2 variants x 3 workloads
   with pytest.raises(ValueError, match="'flash' in 'flash=1'; keys: mask, loss_chunk, vocab_pad"):
     throughput.parse_variants('flash=1')
+  with pytest.raises(ValueError, match="prng='philox'; use one of threefry2x32, rbg, unsafe_rbg"):
+    throughput.parse_variants('prng=philox')
   opts = args.variant_list[1]
   bert = throughput.workload_spec('bert_base', args)
   gpt = throughput.workload_spec('gpt2_small', args)
-  assert throughput_ours.applied_options(bert, opts) == dict(mask='lengths')
-  assert throughput_ours.applied_options(gpt, opts) == opts
+  assert throughput.applied_options(bert, opts) == dict(mask='lengths')
+  assert throughput.applied_options(gpt, opts) == opts
+  # Option sets that differ only in keys a workload lacks give that workload one row, not two.
+  args = throughput.parse_args(['--workloads', 'bert_base,gpt2_small', '--variants',
+                                'mask=lengths,prng=rbg;mask=lengths,prng=rbg,vocab_pad=128'])
+  ours = [(s['workload']['name'], s['options']) for s in throughput.build_plan(args)
+          if s['kind'] == 'ours']
+  assert ours == [('bert_base', dict(mask='lengths', prng='rbg')),
+                  ('gpt2_small', dict(mask='lengths', prng='rbg')),
+                  ('gpt2_small', dict(mask='lengths', prng='rbg', vocab_pad=128))]
+  checks = throughput.build_plan(throughput.parse_args(['--checks', 'matmul']))[0]
+  assert checks == dict(kind='checks', tiny=False, cudnn=False)
+
+
+def test_packed_mask_form_on_cudnn_is_refused_in_one_line():
+  """cuDNN's packed layout gave NaN gradients on an H100 (docs/benchmarks.md): refused at trace
+  time, before any kernel runs, with the fix named (the check happens before dispatch, so CPU
+  sees it too)."""
+  seg = jnp.array([[1, 1, 2, 2, 0, 0]])
+  q = jnp.ones((1, 6, 2, 4), jnp.bfloat16)
+  mask = masks.SegmentMask(seg, causal=True, form='packed', max_segments=2)
+  with pytest.raises(ValueError, match="mask_form='packed' with attention_impl='cudnn' gives NaN "
+                                       "gradients.*use mask_form='dense'"):
+    attention.dot_product_attention(q, q, q, mask, implementation='cudnn')

@@ -187,3 +187,44 @@ def test_block_remat_matches_plain(pre_norm):
   (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f(m)))(params) for m in (plain, remat))
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g1, g2)
+
+
+# --------------------------------------------------------------------------- vocabulary logits
+@pytest.mark.parametrize('layout', ['vd', 'dv'])
+def test_vocab_logits_float32_is_autodiff_and_padding_gets_no_gradient(layout):
+  from ptm_jax.layers.embeddings import vocab_logits
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x, table = jax.random.normal(kx, (2, 5, 8)), jax.random.normal(kw, (13, 8))
+  g = jax.random.normal(kg, (2, 5, 11))  # keep 11 of 13 entries (2 padding rows)
+  w = table if layout == 'vd' else table.T
+  ours = jax.grad(lambda x, w: jnp.sum(vocab_logits(x, w, layout, 11) * g), (0, 1))(x, w)
+  plain = jax.grad(lambda x, t: jnp.sum(jnp.einsum('...d,vd->...v', x, t)[..., :11] * g),
+                   (0, 1))(x, table)
+  np.testing.assert_allclose(vocab_logits(x, w, layout, 11),
+                             jnp.einsum('...d,vd->...v', x, table)[..., :11], atol=1e-5)
+  np.testing.assert_allclose(ours[0], plain[0], atol=1e-5)
+  dw = ours[1] if layout == 'vd' else ours[1].T
+  np.testing.assert_allclose(dw, plain[1], atol=1e-5)
+  assert float(jnp.abs(dw[11:]).max()) == 0.0
+
+
+def test_vocab_logits_backward_matmuls_run_in_the_compute_dtype():
+  """Autodiff would multiply the float32 cotangent with bf16 operands (float32/TF32 matmuls);
+  every dot of the bf16 gradient must take bf16 operands, and stay close to the float32 one."""
+  from ptm_jax.layers.embeddings import vocab_logits
+  kx, kw, kg = jax.random.split(jax.random.key(1), 3)
+  x, w = jax.random.normal(kx, (4, 16, 32)), jax.random.normal(kw, (64, 32)) * 0.2
+  g = jax.random.normal(kg, (4, 16, 60))
+  loss = lambda x, w: jnp.sum(vocab_logits(x, w, 'vd', 60) * g)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(xb, wb)
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
+  assert len(dots) == 3  # forward, input gradient, weight gradient
+  for e in dots:
+    assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
+    assert e.outvars[0].aval.dtype == jnp.float32  # float32 accumulation
+  low = jax.grad(loss, (0, 1))(xb, wb)
+  ref = jax.grad(loss, (0, 1))(xb.astype(jnp.float32), wb.astype(jnp.float32))
+  for a, b in zip(low, ref):
+    rel = float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
+    assert rel < 1e-2, rel  # bf16 rounding of the cotangent and outputs, nothing worse

@@ -71,7 +71,10 @@ def _cudnn_packed(q_BLNH, k_BSKH, v_BSKH, mask: masks.SegmentMask, bias, scale):
   """cuDNN's packed (THD) layout: one kernel call, documents as separate sequences.
 
   `jax.nn.dot_product_attention` (0.10) does not expose segment offsets, so this calls the
-  function under it; the argument layout follows JAX's own packed-layout test (Hopper+).
+  function under it; the argument layout follows JAX's own packed-layout test (Hopper+). Its
+  gradients were NaN on an H100 (jax 0.11.2), so `dot_product_attention` refuses the packed form
+  on cuDNN; only the device check (`benchmarks/throughput_ours.cudnn_check`) calls it, to see
+  when a jax/cuDNN release fixes it.
   """
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
   offsets_BM1, lengths_BM = mask.offsets()
@@ -107,7 +110,11 @@ def dot_product_attention(q_BLNH: jnp.ndarray, k_BSKH: jnp.ndarray, v_BSKH: jnp.
     out_BLNH = call(is_causal=mask.causal, query_seq_lengths=lengths_B,
                     key_value_seq_lengths=lengths_B)
   elif mask.form == 'packed' and implementation == 'cudnn':
-    out_BLNH = _cudnn_packed(q_BLNH, k_BSKH, v_BSKH, mask, bias, scale)
+    # Measured on an H100 (jax 0.11.2, 2026-11-24, docs/benchmarks.md): outputs match XLA but
+    # every gradient through cuDNN's packed layout is NaN, so training through it is refused.
+    raise ValueError("mask_form='packed' with attention_impl='cudnn' gives NaN gradients "
+                     "(cuDNN packed layout, jax 0.11); use mask_form='dense' for packed rows "
+                     "or attention_impl='xla'")
   elif mask.form == 'packed':
     offsets_BM1, lengths_BM = mask.offsets()
     out_BLNH = call(mask=masks.dense_from_offsets(offsets_BM1, lengths_BM, q_BLNH.shape[1],

@@ -1,10 +1,55 @@
-"""Token embeddings whose table is also read by tied output heads (`attend`)."""
+"""Token embeddings whose table is also read by tied output heads (`attend`), and the
+vocabulary projection those heads (tied or not) share (`vocab_logits`)."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+_FORWARD = {'vd': '...d,vd->...v', 'dv': '...d,dv->...v'}
+_INPUT_GRAD = {'vd': '...v,vd->...d', 'dv': '...v,dv->...d'}
+_WEIGHT_GRAD = {'vd': '...d,...v->vd', 'dv': '...d,...v->dv'}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def vocab_logits(x_ND, w, layout: str, keep: int):
+  """Float32 logits `x @ W` over the first `keep` vocabulary entries; backward in x's dtype.
+
+  `w` is `[V, D]` (layout 'vd', an embedding table) or `[D, V]` ('dv', a head kernel), already
+  in the compute dtype. Forward: one matmul in that dtype with float32 accumulation and output,
+  sliced to `keep` columns (vocabulary padding). Backward: autodiff would multiply the float32
+  logits cotangent with the low-precision operands, so XLA runs two float32 (TF32 on GPU)
+  matmuls of the whole vocabulary -- measured on an H100 at 2x the time of the bf16 forward
+  (docs/benchmarks.md) -- and pads the cotangent back to V in float32. Here the cotangent is cast
+  to the compute dtype first (as mixed-precision training rounds every other gradient) and padded
+  there, so both backward matmuls run in bf16 with float32 accumulation. In float32 compute this
+  is exactly autodiff.
+  """
+  return _vocab_logits_fwd(x_ND, w, layout, keep)[0]
+
+
+def _vocab_logits_fwd(x_ND, w, layout, keep):
+  logits = jnp.einsum(_FORWARD[layout], x_ND, w, preferred_element_type=jnp.float32)
+  if keep < logits.shape[-1]:
+    logits = logits[..., :keep]
+  return logits, (x_ND, w)
+
+
+def _vocab_logits_bwd(layout, keep, residuals, g):
+  x_ND, w = residuals
+  g = g.astype(x_ND.dtype)
+  vocab = w.shape[0] if layout == 'vd' else w.shape[1]
+  if keep < vocab:  # padded entries get exactly zero gradient
+    g = jnp.pad(g, [(0, 0)] * (g.ndim - 1) + [(0, vocab - keep)])
+  dx = jnp.einsum(_INPUT_GRAD[layout], g, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum(_WEIGHT_GRAD[layout], x_ND, g, preferred_element_type=jnp.float32)
+  return dx.astype(x_ND.dtype), dw.astype(w.dtype)
+
+
+vocab_logits.defvjp(_vocab_logits_fwd, _vocab_logits_bwd)
 
 
 class Embed(nn.Module):
@@ -28,7 +73,24 @@ class Embed(nn.Module):
     # 'clip' instead of jnp.take's NaN fill: a NaN in a masked key would still poison probs @ V.
     return jnp.take(self.embedding, ids_BL, axis=0, mode='clip').astype(self.dtype)
 
-  def attend(self, x_BLD: jnp.ndarray) -> jnp.ndarray:
-    """Tied output projection: `[..., D] -> [..., V]` logits, accumulated in float32."""
-    return jnp.einsum('...d,vd->...v', x_BLD.astype(self.dtype),
-                      self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+  def attend(self, x_BLD: jnp.ndarray, keep: int | None = None) -> jnp.ndarray:
+    """Tied output projection: `[..., D] -> [..., keep]` float32 logits (`vocab_logits`)."""
+    return vocab_logits(x_BLD.astype(self.dtype), self.embedding.astype(self.dtype), 'vd',
+                        self.num_embeddings if keep is None else keep)
+
+
+class VocabProjection(nn.Module):
+  """Untied output head: a `[D, V]` kernel (param `kernel`, as `nn.Dense` names it), float32
+  logits over the first `keep` entries through `vocab_logits`, no bias."""
+
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, keep: int | None = None) -> jnp.ndarray:
+    kernel = self.param('kernel', self.kernel_init, (x_BLD.shape[-1], self.features),
+                        self.param_dtype)
+    return vocab_logits(x_BLD.astype(self.dtype), kernel.astype(self.dtype), 'dv',
+                        self.features if keep is None else keep)

@@ -8,12 +8,10 @@ Parameter names: token_embed, position_embed, layers_{i}, final_norm, lm_head (u
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -139,12 +137,11 @@ class Model(nn.Module):
     self.final_norm = norms.make_norm(cfg.norm, epsilon=cfg.layer_norm_eps, **dt)
     self.decode_cache = attention.DecodeCache()  # only used (and only has state) with use_cache
     if not cfg.tie_embeddings:
-      # float32 accumulation and output without upcasting the [D, V] kernel.
-      self.lm_head = nn.Dense(
-          cfg.padded_vocab_size, use_bias=False, **dt,
+      # float32 logits without upcasting the [D, V] kernel; backward in the compute dtype.
+      self.lm_head = embeddings.VocabProjection(
+          cfg.padded_vocab_size, **dt,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.normal(cfg.initializer_range), ('embed', 'vocab')),
-          dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
+              nn.initializers.normal(cfg.initializer_range), ('embed', 'vocab')))
 
   def embed(self, tokens: jnp.ndarray, *, positions: jnp.ndarray,
             deterministic: bool = True) -> jnp.ndarray:
@@ -202,14 +199,12 @@ class Model(nn.Module):
   def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`)."""
     cfg = self.config
+    # The padded rows are no tokens: the projection keeps the first vocab_size columns, so no
+    # loss, argmax or sampler ever sees them and they get no gradient.
     if cfg.tie_embeddings:
-      logits_BLV = self.token_embed.attend(hidden_BLD)
+      logits_BLV = self.token_embed.attend(hidden_BLD, keep=cfg.vocab_size)
     else:
-      logits_BLV = self.lm_head(hidden_BLD).astype(jnp.float32)
-    if cfg.padded_vocab_size != cfg.vocab_size:
-      # The padded rows are no tokens: dropped here (fused into the consumer by XLA), so no loss,
-      # argmax or sampler ever sees them and they get no gradient.
-      logits_BLV = logits_BLV[..., :cfg.vocab_size]
+      logits_BLV = self.lm_head(hidden_BLD, keep=cfg.vocab_size)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
   def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,

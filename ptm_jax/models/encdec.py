@@ -33,7 +33,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, blocks, embeddings, masks, norms
@@ -204,12 +203,11 @@ class Model(nn.Module):
     self.decoder_layers = [blocks.encoder_decoder_block_class(cfg.remat)(**layer)
                            for _ in range(cfg.num_decoder_layers)]
     if not cfg.tie_embeddings:
-      # float32 accumulation and output without upcasting the [D, V] kernel.
-      self.lm_head = nn.Dense(
-          cfg.vocab_size, use_bias=False, **dt,
+      # float32 logits without upcasting the [D, V] kernel; backward in the compute dtype.
+      self.lm_head = embeddings.VocabProjection(
+          cfg.vocab_size, **dt,
           kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std.head),
-                                                   ('embed', 'vocab')),
-          dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))
+                                                   ('embed', 'vocab')))
     if cfg.logits_bias:
       self.logits_bias = LogitsBias(cfg.vocab_size, param_dtype=dt['param_dtype'])
     self.decode_cache = attention.DecodeCache()
@@ -284,7 +282,7 @@ class Model(nn.Module):
     if cfg.tie_embeddings:
       logits_BLV = self.token_embed.attend(hidden_BLD)
     else:
-      logits_BLV = self.lm_head(hidden_BLD).astype(jnp.float32)
+      logits_BLV = self.lm_head(hidden_BLD)
     if cfg.logits_bias:
       logits_BLV = self.logits_bias(logits_BLV)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
