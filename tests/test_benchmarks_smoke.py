@@ -120,3 +120,42 @@ def test_preflight_names_the_missing_package_in_one_line(monkeypatch):
     throughput.preflight(throughput.parse_args([]))
   message = str(exc.value)
   assert "ml_collections" in message and "docs/benchmarks.md" in message and "\n" not in message
+
+
+def test_profile_summary_counts_stream_kernels_once(tmp_path):
+  """A GPU trace's kernels live on the device's stream threads; the derived 'XLA Ops' line repeats
+  the same time and host threads are no device time: neither may be counted."""
+  import gzip
+  import profile_step
+  events = [
+      dict(ph="M", pid=1, name="process_name", args=dict(name="/device:GPU:0")),
+      dict(ph="M", pid=1, tid=7, name="thread_name", args=dict(name="Stream #13(Compute)")),
+      dict(ph="M", pid=1, tid=8, name="thread_name", args=dict(name="XLA Ops")),
+      dict(ph="M", pid=2, name="process_name", args=dict(name="/host:CPU")),
+      dict(ph="X", pid=1, tid=7, dur=3000, name="sm90_xmma_gemm_f32f32_tf32f32_f32_nt"),
+      dict(ph="X", pid=1, tid=7, dur=1000, name="nvjet_sm90_tst_128x160_h_bz_NNT"),
+      dict(ph="X", pid=1, tid=7, dur=500, name="cudnn_generated_fort_native_sdpa_sm90_flash"),
+      dict(ph="X", pid=1, tid=7, dur=400, name="input_add_reduce_fusion_8"),
+      dict(ph="X", pid=1, tid=7, dur=100, name="loop_xor_fusion"),
+      dict(ph="X", pid=1, tid=8, dur=5000, name="fusion.1"),
+      dict(ph="X", pid=2, tid=1, dur=90000, name="PjitFunction(step)"),
+  ]
+  path = tmp_path / "t.trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump(dict(traceEvents=events), f)
+  out = profile_step.summarise_trace(str(path), steps=2)
+  assert out["kernels"] == 5 and out["busy_ms_per_step"] == 2.5
+  assert out["categories"] == {"matmul": 2.0, "attention (cuDNN)": 0.25,
+                               "reduction fusions": 0.2, "other fusions": 0.05}
+  assert out["top_kernels"][0] == ("sm90_xmma_gemm_f32f32_tf32f32_f32_nt", 1.5)
+
+
+def test_profile_step_runs_on_cpu(tmp_path):
+  """The script end to end at smoke sizes: it traces, writes summary.json, and says what it ran."""
+  import profile_step
+  out = profile_step.main(["--tiny", "--workload", "gpt2_small", "--variant",
+                           "mask=lengths,vocab_pad=128,loss_chunk=32", "--warmup", "1",
+                           "--steps", "2", "--out_dir", str(tmp_path)])
+  assert out["workload"] == "gpt2_small attn=default,mask=lengths,loss_chunk=32,vocab_pad=128"
+  assert out["traces"] and out["traced_wall_ms_per_step"] > 0
+  assert json.loads((tmp_path / "summary.json").read_text())["workload"] == out["workload"]
