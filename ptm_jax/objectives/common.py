@@ -47,15 +47,41 @@ def lm_loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, z_loss: float = 0
   return loss, metrics
 
 
+def _chunk_sums_and_residuals(logits_BCV, t_BC, w_BC, z_loss: float, label_smoothing: float):
+  """The four weighted sums of one chunk (loss incl. z-loss, weight, z-loss, hits) and, for the
+  backward pass, log Z and the per-position terms. The same maths as `weighted_cross_entropy`
+  and `weighted_accuracy` (label smoothing: q = (1 - a) onehot + a / V, so
+  CE = log Z - (1 - a) l_t - a mean(l))."""
+  logits_BCV = logits_BCV.astype(jnp.float32)
+  max_BC1 = jnp.max(logits_BCV, axis=-1, keepdims=True)
+  lse_BC = max_BC1[..., 0] + jnp.log(jnp.sum(jnp.exp(logits_BCV - max_BC1), axis=-1))
+  target_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
+  ce_BC = lse_BC - target_BC
+  if label_smoothing:
+    ce_BC = lse_BC - (1.0 - label_smoothing) * target_BC - label_smoothing * jnp.mean(
+        logits_BCV, axis=-1)
+  z_BC = z_loss * jnp.square(lse_BC) if z_loss else jnp.zeros_like(ce_BC)
+  correct_BC = (jnp.argmax(logits_BCV, axis=-1) == t_BC).astype(jnp.float32)
+  sums = jnp.stack([jnp.sum((ce_BC + z_BC) * w_BC), jnp.sum(w_BC), jnp.sum(z_BC * w_BC),
+                    jnp.sum(correct_BC * w_BC)])
+  return sums, (lse_BC, ce_BC + z_BC, z_BC, correct_BC)
+
+
 def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, chunk_size: int,
                                 z_loss: float = 0.0, label_smoothing: float = 0.0):
   """`lm_loss_and_metrics(project(hidden_BLD), ...)` without ever holding `[B, L, V]` logits.
 
   `project` maps hidden `[B, C, D]` to float32 logits `[B, C, V]` (the model's output layer).
   The sequence is cut into chunks of `chunk_size` positions (the last one padded with weight
-  0); a `lax.scan` sums loss, weight, z-loss and hits per chunk, and `jax.checkpoint` makes the
-  backward pass recompute each chunk's logits instead of saving them, so peak memory holds one
+  0); a `lax.scan` sums loss, weight, z-loss and hits per chunk, so peak memory holds one
   chunk's logits (B x C x V floats) instead of all of them. Same values as the unchunked path.
+
+  Each chunk is a custom VJP: the forward keeps only log Z per position; the backward recomputes
+  the chunk's logits (one projection) and forms the logits' gradient
+  w [g_loss (softmax - q) + (g_loss + g_z) 2 z_loss log Z softmax] in one elementwise pass from
+  the saved log Z. Rematerialising the forward instead (jax.checkpoint) also recomputes its
+  max and sum-exp reductions over the vocabulary: two more passes over every chunk's float32
+  logits, which the H100 profile of GPT-2 small showed (docs/benchmarks.md).
   """
   if chunk_size < 1:
     raise ValueError(f'chunk_size={chunk_size} must be >= 1 (0 = unchunked lm_loss_and_metrics)')
@@ -69,17 +95,43 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
     targets_BL = jnp.pad(targets_BL, ((0, 0), (0, pad)))
     weights_BL = jnp.pad(weights_BL, ((0, 0), (0, pad)))
   to_chunks = lambda x: jnp.swapaxes(x.reshape((b, num, chunk_size) + x.shape[2:]), 0, 1)
+  h_NBCD = to_chunks(hidden_BLD)
+  # The parameters `project` closes over become explicit inputs, so the custom VJP can return
+  # their gradients (from the projection's own VJP).
+  proj, consts = jax.closure_convert(project, h_NBCD[0])
 
-  @jax.checkpoint
-  def chunk_sums(h_BCD, t_BC, w_BC):
-    logits_BCV = project(h_BCD)
-    sum_loss, sum_w, sum_z = weighted_cross_entropy(
-        logits_BCV, t_BC, w_BC, z_loss=z_loss, label_smoothing=label_smoothing)
-    sum_correct, _ = weighted_accuracy(logits_BCV, t_BC, w_BC)
-    return jnp.stack([sum_loss, sum_w, sum_z, sum_correct])
+  @jax.custom_vjp
+  def chunk_sums(h_BCD, t_BC, w_BC, *params):
+    return _chunk_sums_and_residuals(proj(h_BCD, *params), t_BC, w_BC, z_loss,
+                                     label_smoothing)[0]
 
-  sums, _ = jax.lax.scan(lambda acc, xs: (acc + chunk_sums(*xs), None), jnp.zeros(4, jnp.float32),
-                         (to_chunks(hidden_BLD), to_chunks(targets_BL), to_chunks(weights_BL)))
+  def chunk_fwd(h_BCD, t_BC, w_BC, *params):
+    sums, terms = _chunk_sums_and_residuals(proj(h_BCD, *params), t_BC, w_BC, z_loss,
+                                            label_smoothing)
+    return sums, (h_BCD, t_BC, w_BC, params, terms)
+
+  def chunk_bwd(residuals, g_4):
+    h_BCD, t_BC, w_BC, params, (lse_BC, loss_BC, z_BC, correct_BC) = residuals
+    logits_BCV, project_vjp = jax.vjp(proj, h_BCD, *params)
+    vocab = logits_BCV.shape[-1]
+    probs_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+    target_BCV = jax.nn.one_hot(t_BC, vocab, dtype=jnp.float32)
+    if label_smoothing:
+      target_BCV = target_BCV * (1.0 - label_smoothing) + label_smoothing / vocab
+    g_ce_BC = w_BC * g_4[0]
+    g_logits_BCV = g_ce_BC[..., None] * (probs_BCV - target_BCV)
+    if z_loss:
+      g_z_BC = w_BC * (g_4[0] + g_4[2]) * 2.0 * z_loss * lse_BC
+      g_logits_BCV = g_logits_BCV + g_z_BC[..., None] * probs_BCV
+    g_h_BCD, *g_params = project_vjp(g_logits_BCV.astype(logits_BCV.dtype))
+    # Weights are data, but their cotangent is exact and cheap ([B, C] terms), so give it.
+    g_w_BC = g_4[0] * loss_BC + g_4[1] + g_4[2] * z_BC + g_4[3] * correct_BC
+    return (g_h_BCD, None, g_w_BC, *g_params)
+
+  chunk_sums.defvjp(chunk_fwd, chunk_bwd)
+  sums, _ = jax.lax.scan(lambda acc, xs: (acc + chunk_sums(*xs, *consts), None),
+                         jnp.zeros(4, jnp.float32),
+                         (h_NBCD, to_chunks(targets_BL), to_chunks(weights_BL)))
   sum_loss, sum_w, sum_z, sum_correct = sums[0], sums[1], sums[2], sums[3]
   denom = jnp.maximum(sum_w, 1.0)
   loss = sum_loss / denom
