@@ -24,7 +24,7 @@ def _batch(rows=8, length=32, seed=0):
   return {"tokens": tokens, "segment_ids": segs, "positions": positions.astype(np.int32)}
 
 
-def _one_step(family, objective_name, devices, preset, grad_accum=1):
+def _one_step(family, objective_name, devices, preset, grad_accum=1, options=None):
   cfg = base.base_config(family, "runlocal", objective_name)
   # A small LR: Adam divides by sqrt(v), so fp32 reduction-order noise in near-zero grads
   # (different on 8 shards) is amplified in proportion to the LR.
@@ -34,7 +34,7 @@ def _one_step(family, objective_name, devices, preset, grad_accum=1):
                 num_heads=4)
   model = models.build(family, "runlocal", **fields)
   objective = objectives.get(objective_name)
-  options = objectives.build_options(objective, {})
+  options = objectives.build_options(objective, options or {})
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=10)
   mesh = sharding.make_mesh(preset, devices=devices)
   batch = _batch()
@@ -57,15 +57,23 @@ def _assert_close_relative(a, b, rel=1e-5):
   assert np.abs(a - b).max() <= rel * max(np.abs(b).max(), 1e-3), (np.abs(a - b).max(), np.abs(b).max())
 
 
-@pytest.mark.parametrize("family,objective", [("encoder", "mlm"), ("decoder", "clm")])
-def test_presets_match_single_device(family, objective):
+# The chunked CLM loss is a custom VJP over the (sharded) output layer: checked here too.
+@pytest.mark.parametrize("family,objective,options", [
+    ("encoder", "mlm", None), ("decoder", "clm", None), ("decoder", "clm", {"loss_chunk_size": 8})])
+def test_presets_match_single_device(family, objective, options):
   assert jax.device_count() == 8, "conftest must force 8 host devices"
-  ref_loss, ref_loss2, ref_params, _ = _one_step(family, objective, jax.devices()[:1], "dp")
+  ref_loss, ref_loss2, ref_params, _ = _one_step(family, objective, jax.devices()[:1], "dp",
+                                                 options=options)
   for preset in ("dp", "fsdp", "fsdp_tp"):
-    loss, loss2, params, state_sharding = _one_step(family, objective, jax.devices(), preset)
+    loss, loss2, params, state_sharding = _one_step(family, objective, jax.devices(), preset,
+                                                    options=options)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(loss2, ref_loss2, rtol=1e-5)
-    jax.tree.map(_assert_close_relative, params, ref_params)
+    # Chunked: the same losses, but the vocabulary gradient is summed chunk by chunk, and Adam
+    # turns that reduction-order noise into up to 2.6e-5 (of the 1e-3 floor) on a LayerNorm bias
+    # whose values are single Adam steps (~2e-4); the unchunked model stays within 1e-5.
+    rel = 1e-4 if options else 1e-5
+    jax.tree.map(lambda a, b: _assert_close_relative(a, b, rel), params, ref_params)
     # The preset really shards: FSDP splits embedding tables over 8 (or 4 with tensor=2) devices.
     emb = state_sharding.params["token_embed"]["embedding"]
     if preset != "dp":
