@@ -82,7 +82,6 @@ def main(argv=None) -> dict:
   import jax
   import throughput
   import throughput_ours
-  from ptm_jax import optim, steps
 
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--workload', default='gpt2_small', choices=sorted(throughput.WORKLOADS))
@@ -99,15 +98,9 @@ def main(argv=None) -> dict:
   bench_args = throughput.parse_args(['--tiny'] if args.tiny else [])
   wl = throughput.workload_spec(args.workload, bench_args)
   options = throughput.applied_options(wl, options)
-  if options.get('prng'):
-    jax.config.update('jax_default_prng_impl', options['prng'])
   impl = throughput_ours._resolve_impl(args.attention_impl, jax.default_backend())
   spec = dict(options=options, dropout=args.dropout, remat=False, seed=0)
-  model, loss_fn, corrupt_fn = throughput_ours._build(wl, spec, impl, 'bfloat16')
-  tx, schedule = optim.make_optimizer(optim.default_optim_config(), 10_000)
-  state = throughput_ours.init_state(model, tx, wl['seq_len'], 0)
-  batch = throughput_ours.make_batch(0, wl['batch'], wl['seq_len'], wl['dims']['vocab_size'])
-  step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule), donate_argnums=(0,))
+  step, state, batch = throughput_ours.build_training(wl, spec, impl)
   for _ in range(args.warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(state)

@@ -37,6 +37,10 @@ for _p in (REPO, HERE):
   if _p not in sys.path:
     sys.path.insert(0, _p)
 
+# The --variants options (parsing, per-workload filtering, labels) live in their own module.
+from throughput_variants import (VARIANT_KEYS, applied_options,  # noqa: E402
+                                 parse_variants, variant_label)
+
 WORKLOADS = {
     'bert_base': dict(family='encoder', variant='base', objective='mlm', seq_len=512, batch=32),
     'gpt2_small': dict(family='decoder', variant='small', objective='clm', seq_len=1024, batch=16),
@@ -136,55 +140,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   except ValueError as e:
     p.error(str(e))
   return args
-
-
-# --variants keys -> what they set (the means of docs/benchmarks.md "Means implemented"):
-# mask: Config.mask_form (both families); loss_chunk: clm.Options.loss_chunk_size (CLM only);
-# vocab_pad: decoder Config.vocab_pad_multiple (decoder only); prng: the key implementation the
-# child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
-# drawn from it). Keys a workload lacks are ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng')
-PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
-
-
-def parse_variants(text: str) -> list[dict]:
-  """'default;mask=lengths,loss_chunk=1024' -> [{}, {'mask': 'lengths', 'loss_chunk': 1024}]."""
-  out = []
-  for item in text.split(';'):
-    item = item.strip()
-    opts = {}
-    for pair in filter(None, item.split(',') if item not in ('', 'default') else []):
-      key, _, value = pair.partition('=')
-      if key not in VARIANT_KEYS:
-        raise ValueError(f'--variants: unknown key {key!r} in {item!r}; keys: '
-                         f'{", ".join(VARIANT_KEYS)}')
-      if key == 'mask':
-        if value not in ('dense', 'lengths', 'packed'):
-          raise ValueError(f'--variants: mask={value!r}; use dense, lengths or packed')
-        opts[key] = value
-      elif key == 'prng':
-        if value not in PRNG_IMPLS:
-          raise ValueError(f'--variants: prng={value!r}; use one of {", ".join(PRNG_IMPLS)}')
-        opts[key] = value
-      elif value.isdigit():
-        opts[key] = int(value)
-      else:
-        raise ValueError(f'--variants: {key}={value!r} must be a non-negative integer')
-    out.append(opts)
-  return out
-
-
-def applied_options(wl: dict, options: dict) -> dict:
-  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
-  keep = {'mask', 'prng'}
-  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
-  keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
-  return {k: v for k, v in options.items() if k in keep}
-
-
-def variant_label(options: dict) -> str:
-  """',mask=lengths,loss_chunk=1024' for a row's variant column ('' for the defaults)."""
-  return ''.join(f',{k}={options[k]}' for k in VARIANT_KEYS if k in options)
 
 
 def _batch_overrides(text: str) -> dict[str, int]:

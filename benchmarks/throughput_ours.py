@@ -12,7 +12,8 @@ import traceback
 
 import numpy as np
 
-from throughput import applied_options, synthetic_tokens
+from throughput import synthetic_tokens
+from throughput_variants import applied_options, variant_label
 
 
 def _resolve_impl(impl: str, backend: str) -> str | None:
@@ -107,20 +108,35 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
 
 
 def _variant(impl: str | None, wl: dict, spec: dict) -> str:
-  from throughput import variant_label
   options = applied_options(wl, spec.get('options') or {})
   remat = ',remat' if spec.get('remat') else ''
   return f"attn={impl or 'default'}" + variant_label(options) + remat
 
 
+def build_training(wl: dict, spec: dict, impl: str | None):
+  """(jitted train step, initial state, batch): the step every row times and profile_step traces.
+
+  The optimizer every experiment gets by default (clip 1.0 -> AdamW with the decay mask, warmup),
+  the state donated; a `prng` option is applied first, before any key exists (dropout and the
+  MLM corruption draw from that implementation).
+  """
+  import jax
+  from ptm_jax import optim, steps
+  prng = applied_options(wl, spec.get('options') or {}).get('prng')
+  if prng:
+    jax.config.update('jax_default_prng_impl', prng)
+  model, loss_fn, corrupt_fn = _build(wl, spec, impl, 'bfloat16')
+  tx, schedule = optim.make_optimizer(optim.default_optim_config(), 10_000)
+  state = init_state(model, tx, wl['seq_len'], spec['seed'])
+  batch = make_batch(spec['seed'], wl['batch'], wl['seq_len'], wl['dims']['vocab_size'])
+  step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule), donate_argnums=(0,))
+  return step, state, batch
+
+
 def run(spec: dict, emit) -> None:
   """Times the real train step on one workload (mode 'throughput'), or only checks it fits."""
   import jax
-  from ptm_jax import optim, steps
 
-  prng = (spec.get('options') or {}).get('prng')
-  if prng:  # before any key exists: dropout and the MLM corruption draw from this implementation
-    jax.config.update('jax_default_prng_impl', prng)
   wl, backend = spec['workload'], jax.default_backend()
   b, t = wl['batch'], wl['seq_len']
   impl = _resolve_impl(spec['attention_impl'], backend)
@@ -130,13 +146,8 @@ def run(spec: dict, emit) -> None:
              attention_impl=impl, remat=spec['remat'], batch=b, seq_len=t, dims=wl['dims'],
              backend=backend, device=jax.devices()[0].device_kind, mode=spec['mode'])
   try:
-    model, loss_fn, corrupt_fn = _build(wl, spec, impl, 'bfloat16')
-    # The optimizer every experiment gets by default: clip 1.0 -> AdamW(decay mask), warmup.
-    tx, schedule = optim.make_optimizer(optim.default_optim_config(), 10_000)
-    state = init_state(model, tx, t, spec['seed'])
+    step, state, batch = build_training(wl, spec, impl)
     row['num_params'] = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    batch = make_batch(spec['seed'], b, t, wl['dims']['vocab_size'])
-    step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     row['compile_s'] = time.perf_counter() - t0

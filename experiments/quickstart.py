@@ -20,8 +20,9 @@ positions (with BERT's learned table the CPU-budget encoder stayed a bag-of-word
 loss stalled at ~5.6 and did not rise when the eval words were shuffled, and it fine-tuned below
 random init) and fine-tuning for 2-3 epochs instead of ~0.9 (at 300 unpacked steps both inits
 were still improving and the gap was +0.8, inside the seed spread; with up to 900 steps both
-peak between steps 400 and 900). Packing the snippets (one per 64-token row was half padding) and reading the test
-split only at new best dev scores brought the job from 891 s back under 10 minutes.
+peak between steps 400 and 900). Packing the snippets (one per 64-token row was half padding)
+and reading the test split only at new best dev scores brought the job from 891 s back under
+10 minutes.
 Linear probes on the frozen features are level with random ones (0.63): at this budget what
 transfers is an initialisation that fine-tunes further, not linearly readable sentiment. The
 README's quickstart section has the tables; the `gpu` size has not been run yet.

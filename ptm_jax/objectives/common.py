@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
+
+
+def token_cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0,
+                        label_smoothing: float = 0.0):
+  """Per position, float32: (cross-entropy, z-loss, log Z).
+
+  Label smoothing: q = (1 - a) onehot + a / V, so CE = log Z - (1 - a) l_t - a mean(l). Written
+  from log Z rather than with optax's cross-entropies, which do not return it: the z-loss and the
+  chunked loss's backward need it, and one logsumexp pass then serves all three.
+  """
+  logits_BLV = logits_BLV.astype(jnp.float32)  # bf16 log-softmax loses the small probabilities.
+  lse_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  target_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    ce_BL = (lse_BL - (1.0 - label_smoothing) * target_BL
+             - label_smoothing * jnp.mean(logits_BLV, axis=-1))
+  else:
+    ce_BL = lse_BL - target_BL
+  # PaLM/T5X z-loss keeps log Z near 0 so that bf16 logits stay in range.
+  z_BL = z_loss * jnp.square(lse_BL) if z_loss else jnp.zeros_like(ce_BL)
+  return ce_BL, z_BL, lse_BL
 
 
 def weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, *, z_loss: float = 0.0,
                            label_smoothing: float = 0.0):
   """Returns (sum_loss, sum_weights, sum_z): float32 weighted sums; sum_loss includes the z-loss."""
-  logits_BLV = logits_BLV.astype(jnp.float32)  # bf16 log-softmax loses the small probabilities.
+  ce_BL, z_BL, _ = token_cross_entropy(logits_BLV, targets_BL, z_loss=z_loss,
+                                       label_smoothing=label_smoothing)
   weights_BL = weights_BL.astype(jnp.float32)
-  if label_smoothing:
-    onehot_BLV = jax.nn.one_hot(targets_BL, logits_BLV.shape[-1], dtype=jnp.float32)
-    ce_BL = optax.softmax_cross_entropy(logits_BLV, optax.smooth_labels(onehot_BLV, label_smoothing))
-  else:
-    ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
-  if z_loss:
-    # PaLM/T5X z-loss keeps log Z near 0 so that bf16 logits stay in range.
-    z_BL = z_loss * jnp.square(jax.nn.logsumexp(logits_BLV, axis=-1))
-  else:
-    z_BL = jnp.zeros_like(ce_BL)
   return jnp.sum((ce_BL + z_BL) * weights_BL), jnp.sum(weights_BL), jnp.sum(z_BL * weights_BL)
 
 
@@ -48,19 +59,11 @@ def lm_loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, z_loss: float = 0
 
 
 def _chunk_sums_and_residuals(logits_BCV, t_BC, w_BC, z_loss: float, label_smoothing: float):
-  """The four weighted sums of one chunk (loss incl. z-loss, weight, z-loss, hits) and, for the
-  backward pass, log Z and the per-position terms. The same maths as `weighted_cross_entropy`
-  and `weighted_accuracy` (label smoothing: q = (1 - a) onehot + a / V, so
-  CE = log Z - (1 - a) l_t - a mean(l))."""
-  logits_BCV = logits_BCV.astype(jnp.float32)
-  max_BC1 = jnp.max(logits_BCV, axis=-1, keepdims=True)
-  lse_BC = max_BC1[..., 0] + jnp.log(jnp.sum(jnp.exp(logits_BCV - max_BC1), axis=-1))
-  target_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
-  ce_BC = lse_BC - target_BC
-  if label_smoothing:
-    ce_BC = lse_BC - (1.0 - label_smoothing) * target_BC - label_smoothing * jnp.mean(
-        logits_BCV, axis=-1)
-  z_BC = z_loss * jnp.square(lse_BC) if z_loss else jnp.zeros_like(ce_BC)
+  """The four weighted sums of one chunk (loss incl. z-loss, weight, z-loss, hits), as
+  `weighted_cross_entropy` and `weighted_accuracy` give them, and for the backward pass log Z and
+  the per-position terms."""
+  ce_BC, z_BC, lse_BC = token_cross_entropy(logits_BCV, t_BC, z_loss=z_loss,
+                                            label_smoothing=label_smoothing)
   correct_BC = (jnp.argmax(logits_BCV, axis=-1) == t_BC).astype(jnp.float32)
   sums = jnp.stack([jnp.sum((ce_BC + z_BC) * w_BC), jnp.sum(w_BC), jnp.sum(z_BC * w_BC),
                     jnp.sum(correct_BC * w_BC)])

@@ -1,0 +1,55 @@
+"""`--variants` of benchmarks/throughput.py: the library's fast-path options a row applies.
+
+Parsed from `'default;mask=lengths,loss_chunk=1024'`; each workload keeps only the keys it has
+(`applied_options`), and a row's variant column names them (`variant_label`).
+"""
+from __future__ import annotations
+
+
+# --variants keys -> what they set (the means of docs/benchmarks.md "Means implemented"):
+# mask: Config.mask_form (both families); loss_chunk: clm.Options.loss_chunk_size (CLM only);
+# vocab_pad: decoder Config.vocab_pad_multiple (decoder only); prng: the key implementation the
+# child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
+# drawn from it). Keys a workload lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng')
+PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+
+
+def parse_variants(text: str) -> list[dict]:
+  """'default;mask=lengths,loss_chunk=1024' -> [{}, {'mask': 'lengths', 'loss_chunk': 1024}]."""
+  out = []
+  for item in text.split(';'):
+    item = item.strip()
+    opts = {}
+    for pair in filter(None, item.split(',') if item not in ('', 'default') else []):
+      key, _, value = pair.partition('=')
+      if key not in VARIANT_KEYS:
+        raise ValueError(f'--variants: unknown key {key!r} in {item!r}; keys: '
+                         f'{", ".join(VARIANT_KEYS)}')
+      if key == 'mask':
+        if value not in ('dense', 'lengths', 'packed'):
+          raise ValueError(f'--variants: mask={value!r}; use dense, lengths or packed')
+        opts[key] = value
+      elif key == 'prng':
+        if value not in PRNG_IMPLS:
+          raise ValueError(f'--variants: prng={value!r}; use one of {", ".join(PRNG_IMPLS)}')
+        opts[key] = value
+      elif value.isdigit():
+        opts[key] = int(value)
+      else:
+        raise ValueError(f'--variants: {key}={value!r} must be a non-negative integer')
+    out.append(opts)
+  return out
+
+
+def applied_options(wl: dict, options: dict) -> dict:
+  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
+  keep = {'mask', 'prng'}
+  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
+  keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
+  return {k: v for k, v in options.items() if k in keep}
+
+
+def variant_label(options: dict) -> str:
+  """',mask=lengths,loss_chunk=1024' for a row's variant column ('' for the defaults)."""
+  return ''.join(f',{k}={options[k]}' for k in VARIANT_KEYS if k in options)
