@@ -1,17 +1,18 @@
-"""colab/quickstart.ipynb executes top to bottom (at the test-suite size) and shows the report.
+"""colab/quickstart.ipynb executes top to bottom at its `runlocal` size and shows the report.
 
 This is also the suite's one end-to-end run of the quickstart job (tokenizer -> MLM pretraining ->
-rt_sentiment fine-tunes -> report). It checks the job and its report, not the pretrained > random
-claim: that needs the `runlocal` size (1,200 pretraining steps, 900 fine-tuning steps, ~15 min;
-experiments/quickstart.py states the measurements); at the suite's size (200 and 60 steps) the
-order of the two is noise.
+rt_sentiment fine-tunes -> report), and the check of its claim: pretrained beats random init on
+the held-out test split. It runs the job exactly as `make run` does (1,200 pretraining steps, two
+seeds of up to 900 fine-tuning steps; ~9 minutes alone on 2 cores): at any smaller size tried
+(200 or 600 pretraining steps, 60 or 300 fine-tuning steps) the order of the two inits was
+inside the seed spread (experiments/quickstart.py and the README state the measurements).
 """
 import json
 import os
 
-
 import nbclient
 import nbformat
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'colab', 'quickstart.ipynb')
@@ -25,20 +26,21 @@ def test_notebook_has_no_logic():
   assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code')  # stored clean
 
 
-def test_notebook_executes(data_dir, tmp_path, monkeypatch):
+def test_notebook_executes_and_pretraining_beats_random_init(data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = str(tmp_path / 'quickstart')
   replaced = 0
   for cell in nb.cells:
     if cell.cell_type == 'code' and "get_config('runlocal')" in cell.source:
-      # Same job at the suite's size, in a temporary workdir; nothing else of the notebook changes.
-      cell.source = (cell.source.replace("get_config('runlocal')", "get_config('tiny')")
-                     .replace("os.path.abspath(os.path.join('runs', 'quickstart'))", repr(workdir)))
+      # The same job in a temporary workdir; nothing else of the notebook changes.
+      cell.source = cell.source.replace("os.path.abspath(os.path.join('runs', 'quickstart'))",
+                                        repr(workdir))
       replaced += 1
   assert replaced == 1
   # The kernel inherits PTM_JAX_DATA_DIR (the session cache); one CPU device, as a user's laptop.
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
-  client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',
+  # The job's cell takes ~9 minutes alone, up to twice that beside the other test worker.
+  client = nbclient.NotebookClient(nb, timeout=2400, kernel_name='python3',
                                    resources={'metadata': {'path': str(tmp_path)}})
   client.execute()
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
@@ -53,3 +55,9 @@ def test_notebook_executes(data_dir, tmp_path, monkeypatch):
   assert sorted({r['init'] for r in rows}) == ['pretrained', 'random']
   for r in rows:  # both inits really trained: above chance on the held-out test split
     assert 0.5 < r['test_accuracy'] <= 1.0 and 0.5 < r['dev_accuracy'] <= 1.0, r
+  # The claim: over the same seeds, pretrained test accuracy (at the best dev evaluation) is above
+  # random init's (measured: 0.754 vs 0.728, +2.6; the seeds' spread is ~1.2 points).
+  test = {init: [r['test_accuracy'] for r in rows if r['init'] == init]
+          for init in ('pretrained', 'random')}
+  assert len(test['pretrained']) == len(test['random']) == 2
+  assert np.mean(test['pretrained']) > np.mean(test['random']), test

@@ -94,3 +94,20 @@ def test_label_smoothing_and_registry():
   np.testing.assert_allclose(smoothed, -(soft * logp).sum(), rtol=1e-6)
   with pytest.raises(ValueError, match="unknown option 'zloss'.*z_loss"):
     objectives.build_options(clm, {'zloss': 1e-4})
+
+
+def test_argmax_hits_equals_argmax_with_its_tie_rule():
+  # Integer-valued logits over a small vocabulary: many ties, where argmax takes the lowest index.
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 3, size=(4, 50, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, size=(4, 50)).astype(np.int32)
+  expected = (np.argmax(logits, -1) == targets).astype(np.float32)
+  assert 0 < expected.sum() < expected.size
+  for dtype in (jnp.float32, jnp.bfloat16):
+    got = jax.jit(common.argmax_hits)(jnp.asarray(logits, dtype), jnp.asarray(targets))
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got), expected)
+  # A tied maximum counts only at its first index, never at a later one.
+  tied = jnp.array([[[1.0, 3.0, 3.0, 0.0]]])
+  assert float(common.argmax_hits(tied, jnp.array([[1]]))[0, 0]) == 1.0
+  assert float(common.argmax_hits(tied, jnp.array([[2]]))[0, 0]) == 0.0

@@ -36,10 +36,24 @@ def weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, *, z_loss: float 
   return jnp.sum((ce_BL + z_BL) * weights_BL), jnp.sum(weights_BL), jnp.sum(z_BL * weights_BL)
 
 
+def argmax_hits(logits_BLV, targets_BL):
+  """float32 `argmax(logits) == targets`, with argmax's tie rule (the lowest index of the max).
+
+  Written as max, then the lowest index holding it: two plain reductions instead of XLA's
+  variadic (value, index) reduce, which the CPU backend does not vectorise (3.6 M logits of the
+  quickstart's MLM slab: 2.7 ms instead of 9 ms; the max is the one log Z needs anyway).
+  """
+  max_BL1 = jnp.max(logits_BLV, axis=-1, keepdims=True)
+  vocab = logits_BLV.shape[-1]
+  index_V = jnp.arange(vocab, dtype=jnp.int32)
+  first_BL = jnp.min(jnp.where(logits_BLV == max_BL1, index_V, vocab), axis=-1)
+  return (first_BL == targets_BL).astype(jnp.float32)
+
+
 def weighted_accuracy(logits_BLV, targets_BL, weights_BL):
   """Returns (sum_correct, sum_weights): float32 weighted count of argmax hits."""
   weights_BL = weights_BL.astype(jnp.float32)
-  correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
+  correct_BL = argmax_hits(logits_BLV, targets_BL)
   return jnp.sum(correct_BL * weights_BL), jnp.sum(weights_BL)
 
 
@@ -64,7 +78,7 @@ def _chunk_sums_and_residuals(logits_BCV, t_BC, w_BC, z_loss: float, label_smoot
   the per-position terms."""
   ce_BC, z_BC, lse_BC = token_cross_entropy(logits_BCV, t_BC, z_loss=z_loss,
                                             label_smoothing=label_smoothing)
-  correct_BC = (jnp.argmax(logits_BCV, axis=-1) == t_BC).astype(jnp.float32)
+  correct_BC = argmax_hits(logits_BCV, t_BC)
   sums = jnp.stack([jnp.sum((ce_BC + z_BC) * w_BC), jnp.sum(w_BC), jnp.sum(z_BC * w_BC),
                     jnp.sum(correct_BC * w_BC)])
   return sums, (lse_BC, ce_BC + z_BC, z_BC, correct_BC)
