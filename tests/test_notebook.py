@@ -13,6 +13,7 @@ import os
 import nbclient
 import nbformat
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'colab', 'quickstart.ipynb')
@@ -26,6 +27,7 @@ def test_notebook_has_no_logic():
   assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code')  # stored clean
 
 
+@pytest.mark.long
 def test_notebook_executes_and_pretraining_beats_random_init(data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = str(tmp_path / 'quickstart')
