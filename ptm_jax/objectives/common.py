@@ -40,8 +40,8 @@ def argmax_hits(logits_BLV, targets_BL):
   """float32 `argmax(logits) == targets`, with argmax's tie rule (the lowest index of the max).
 
   Written as max, then the lowest index holding it: two plain reductions instead of XLA's
-  variadic (value, index) reduce, which the CPU backend does not vectorise (3.6 M logits of the
-  quickstart's MLM slab: 2.7 ms instead of 9 ms; the max is the one log Z needs anyway).
+  variadic (value, index) reduce, which the CPU backend does not vectorise (a one-off timing over
+  the quickstart's 3.6 M-logit MLM slab on 2 cores: 2.7 ms instead of 9; docs/benchmarks.md).
   """
   max_BL1 = jnp.max(logits_BLV, axis=-1, keepdims=True)
   vocab = logits_BLV.shape[-1]
