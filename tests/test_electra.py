@@ -22,7 +22,7 @@ from ptm_jax import metrics as metrics_lib
 from ptm_jax import train
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.models import encoder
-from ptm_jax.objectives import classify, electra
+from ptm_jax.objectives import classify, common, electra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 80
@@ -126,6 +126,64 @@ def test_sampled_token_equal_to_original_counts_as_original(setup, jit_loss):
   np.testing.assert_allclose(float(metrics['num_targets']), real.sum())
 
 
+def _pairwise_auc(scores, labels, counted):
+  """AUC by counting every (positive, negative) pair: the definition binary_auc must equal."""
+  pos, neg = scores[counted & (labels == 1)], scores[counted & (labels == 0)]
+  if not len(pos) or not len(neg):
+    return 0.5
+  diff = pos[:, None] - neg[None, :]
+  return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def test_binary_auc_counts_ordered_pairs_with_ties_as_half():
+  rng = np.random.default_rng(0)
+  scores = rng.integers(-3, 4, size=(6, 50)).astype(np.float32)  # few values: many ties
+  labels = (rng.random((6, 50)) < 0.3).astype(np.float32)
+  weights = (rng.random((6, 50)) < 0.8).astype(np.float32)
+  auc = jax.jit(common.binary_auc)(scores, labels, weights)
+  assert auc.dtype == jnp.float32 and auc.shape == ()
+  np.testing.assert_allclose(float(auc), _pairwise_auc(scores, labels, weights > 0), rtol=1e-6)
+  # Uncounted positions do not take part, whatever their scores.
+  moved = np.where(weights > 0, scores, 1e9 * (2 * labels - 1)).astype(np.float32)
+  np.testing.assert_allclose(float(common.binary_auc(moved, labels, weights)),
+                             float(auc), rtol=1e-6)
+  separable = np.where(labels > 0, 1.0, -1.0).astype(np.float32)
+  assert float(common.binary_auc(separable, labels, weights)) == 1.0
+  assert float(common.binary_auc(-separable, labels, weights)) == 0.0
+  assert float(common.binary_auc(scores, np.zeros_like(labels), weights)) == 0.5
+
+
+def test_disc_auc_precision_recall_match_a_recount(setup):
+  """On a batch whose replaced positions are known, the three detector metrics equal a recount
+  from the discriminator's own logits (evaluation mode: no dropout)."""
+  model, params = setup
+  b = _batch(seed=4, low=7, high=9)
+  c = _corrupt(b, seed=5)
+  forced = jax.tree.map(lambda x: x, params)
+  forced['generator']['mlm_head']['bias'] = params['generator']['mlm_head']['bias'].at[7].set(1e4)
+  selected = np.asarray(c['weights']) > 0
+  corrupted = np.where(selected, 7, b['tokens']).astype(np.int32)
+  labels = (corrupted != b['tokens']).astype(np.float32)
+  real = b['segment_ids'] > 0
+
+  def disc_logits(p):
+    return np.asarray(model.apply({'params': p}, corrupted, method='discriminate',
+                                  segment_ids=b['segment_ids'], positions=b['positions'],
+                                  deterministic=True)['rtd_logits'])
+
+  # Shift the output bias to the median logit, so that about half the tokens are called replaced.
+  bias = forced['rtd_head']['out']['bias']
+  forced['rtd_head']['out']['bias'] = bias - np.median(disc_logits(forced)[real])
+  logits = disc_logits(forced)
+  _, _, m = electra.loss_terms(forced, c, None, model=model, options=OPTIONS)
+  called = (logits > 0) & real
+  assert 0 < called.sum() < real.sum() and labels[real].sum() > 0
+  np.testing.assert_allclose(float(m['disc_auc']), _pairwise_auc(logits, labels, real), rtol=1e-5)
+  hits = (called & (labels == 1)).sum()
+  np.testing.assert_allclose(float(m['disc_precision']), hits / called.sum(), rtol=1e-6)
+  np.testing.assert_allclose(float(m['disc_recall']), hits / labels[real].sum(), rtol=1e-6)
+
+
 def _abs_sum(tree):
   return float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(tree)))
 
@@ -158,7 +216,8 @@ def test_metrics(setup, jit_loss):
   b = _batch(seed=8)
   _, m = jit_loss(params, _corrupt(b), jax.random.key(3))
   assert set(m) == {'loss', 'accuracy', 'mlm_loss', 'mlm_accuracy', 'disc_loss', 'disc_accuracy',
-                    'replaced_fraction', 'num_targets'}
+                    'disc_auc', 'disc_precision', 'disc_recall', 'replaced_fraction',
+                    'num_targets'}
   assert all(v.dtype == jnp.float32 and v.shape == () for v in m.values())
   assert float(m['accuracy']) == float(m['disc_accuracy'])
   np.testing.assert_allclose(float(m['loss']), float(m['mlm_loss'] + 50 * m['disc_loss']), rtol=1e-6)

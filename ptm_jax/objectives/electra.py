@@ -35,8 +35,10 @@ The discriminator's token table has the encoder's width (E = H); the paper's Sma
 it (E = 128 < H = 256), which needs an embedding-projection field in `models.encoder` first.
 
 Metrics: loss, accuracy (discriminator, per non-pad token), mlm_loss, mlm_accuracy, disc_loss,
-disc_accuracy, replaced_fraction (share of non-pad tokens whose label is "replaced") and
-num_targets (non-pad tokens, the discriminator's count; it weights gradient accumulation).
+disc_accuracy, disc_auc / disc_precision / disc_recall (of the "replaced" class; precision 0 while
+nothing is called replaced), replaced_fraction (share of non-pad tokens whose label is
+"replaced") and num_targets (non-pad tokens, the discriminator's count; it weights gradient
+accumulation).
 FLOPs: `flops_per_token` / `flops_breakdown` count both networks (forward + backward).
 
 Tests (tests/test_electra.py): RTD labels are (input != original), a sampled token equal to the
@@ -271,12 +273,20 @@ def loss_terms(params, batch, rng, *, model, options: Options = Options()):
   num_real = jnp.sum(real_BL)
   denom = jnp.maximum(num_real, 1.0)
   disc_loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logits_BL, labels_BL) * real_BL) / denom
-  correct_BL = ((logits_BL > 0).astype(jnp.float32) == labels_BL).astype(jnp.float32)
+  predicted_BL = (logits_BL > 0).astype(jnp.float32)
+  correct_BL = (predicted_BL == labels_BL).astype(jnp.float32)
   disc_accuracy = jnp.sum(correct_BL * real_BL) / denom
+  # Accuracy alone hides an early discriminator that calls everything original (accuracy = the
+  # share of originals): AUC, precision and recall of "replaced" show it, as in the released code.
+  hits = jnp.sum(predicted_BL * labels_BL * real_BL)
+  num_replaced = jnp.sum(labels_BL * real_BL)
   metrics = {
       'accuracy': disc_accuracy, 'mlm_loss': mlm_loss, 'mlm_accuracy': mlm_metrics['accuracy'],
       'disc_loss': disc_loss, 'disc_accuracy': disc_accuracy,
-      'replaced_fraction': jnp.sum(labels_BL * real_BL) / denom, 'num_targets': num_real}
+      'disc_auc': common.binary_auc(logits_BL, labels_BL, real_BL),
+      'disc_precision': hits / jnp.maximum(jnp.sum(predicted_BL * real_BL), 1.0),
+      'disc_recall': hits / jnp.maximum(num_replaced, 1.0),
+      'replaced_fraction': num_replaced / denom, 'num_targets': num_real}
   return mlm_loss, disc_loss, metrics
 
 
