@@ -19,6 +19,21 @@ seq 512). Paper Table 6 shared settings: linear decay, 10k warmup, Adam eps 1e-6
 as in the paper (E = 128 < H = 256: `model.embedding_size`; each network projects the shared E-wide
 embedding to its own width, as HF's `embeddings_project`). Steps are the paper's ELECTRA counts
 (1M / 766k).
+
+Watch `disc_auc` (with `disc_precision` / `disc_recall`), not `disc_accuracy`: a discriminator
+that calls every token original scores the share of originals (~0.87). At CPU scale it does, and
+this control separates "cannot learn" from "broken": the `compare_encoders:cpu` member's shape,
+then the same with uniform replacements (a temperature of 1e6 flattens the generator's softmax)
+-- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC 0.558 vs 0.917 (README, the encoder
+comparison):
+
+  python -m ptm_jax.main --config experiments/electra.py:runlocal --workdir runs/electra_cpu \
+      --config.model.num_layers=2 --config.model.embed_dim=128 --config.model.num_heads=2 \
+      --config.model.mlp_dim=512 --config.model.positions=rotary --config.data.seq_len=64 \
+      --config.data.tokenizer.vocab_size=4000 --config.data.tokenizer.max_train_chars=2000000 \
+      --config.optim.learning_rate=2e-3 --config.optim.warmup_steps=50 \
+      --config.train.batch_size=32 --config.train.steps=1000
+  # the control: the same flags and --config.objective.temperature=1e6
 """
 from ptm_jax.configs import base
 
