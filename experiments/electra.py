@@ -23,8 +23,8 @@ embedding to its own width, as HF's `embeddings_project`). Steps are the paper's
 Watch `disc_auc` (with `disc_precision` / `disc_recall`), not `disc_accuracy`: a discriminator
 that calls every token original scores the share of originals (~0.87). At CPU scale it does, and
 this control separates "cannot learn" from "broken": the `compare_encoders:cpu` member's shape,
-then the same with uniform replacements (a temperature of 1e6 flattens the generator's softmax)
--- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC 0.558 vs 0.917 (README, the encoder
+then the same with uniform replacements (a temperature of 1e6 flattens the generator's softmax:
+the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC 0.558 vs 0.917 (README, the encoder
 comparison):
 
   python -m ptm_jax.main --config experiments/electra.py:runlocal --workdir runs/electra_cpu \
