@@ -24,8 +24,8 @@ Watch `disc_auc` (with `disc_precision` / `disc_recall`), not `disc_accuracy`: a
 that calls every token original scores the share of originals (~0.87). At CPU scale it does, and
 this control separates "cannot learn" from "broken": the `compare_encoders:cpu` member's shape,
 then the same with uniform replacements (a temperature of 1e6 flattens the generator's softmax:
-the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC 0.558 vs 0.917 (README, the encoder
-comparison):
+the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC
+0.558 vs 0.917 (README, the encoder comparison):
 
   python -m ptm_jax.main --config experiments/electra.py:runlocal --workdir runs/electra_cpu \
       --config.model.num_layers=2 --config.model.embed_dim=128 --config.model.num_heads=2 \
