@@ -69,11 +69,12 @@ def test_presets_match_single_device(family, objective, options):
                                                     options=options)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(loss2, ref_loss2, rtol=1e-5)
-    # Chunked: the same losses, but the vocabulary gradient is summed chunk by chunk, and Adam
-    # turns that reduction-order noise into up to 2.6e-5 (of the 1e-3 floor) on a LayerNorm bias
-    # whose values are single Adam steps (~2e-4); the unchunked model stays within 1e-5.
-    rel = 1e-4 if options else 1e-5
-    jax.tree.map(lambda a, b: _assert_close_relative(a, b, rel), params, ref_params)
+    # Params after two Adam steps are single steps (~2e-4) wherever a gradient is small, and Adam
+    # divides by sqrt(v): fp32 reduction-order noise in such a gradient (different on 8 shards, and
+    # different between CPUs: up to 1.8e-5 and 2.6e-5 of the 1e-3 floor on two machines, with
+    # and without the chunked loss) becomes a relative error of the step. A sharding bug moves a
+    # param by ~the LR (1e-4, i.e. 0.1 of the floor): 1e-4 keeps a thousandfold margin to it.
+    jax.tree.map(lambda a, b: _assert_close_relative(a, b, 1e-4), params, ref_params)
     # The preset really shards: FSDP splits embedding tables over 8 (or 4 with tensor=2) devices.
     emb = state_sharding.params["token_embed"]["embedding"]
     if preset != "dp":
