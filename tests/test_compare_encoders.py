@@ -3,6 +3,8 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from ptm_jax import compare, configs, flops, objectives
@@ -141,6 +143,24 @@ def test_larger_sizes_plan(arg):
   assert steps['electra'] < steps['mlm'] < steps['albert']
 
 
+def test_compilation_cache_block_writes_there_and_restores(tmp_path):
+  """With no cache set (a user's run), the block caches in `path` and leaves the config as it was."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  suite = jax.config.jax_compilation_cache_dir  # the suite's own cache (tests/conftest.py)
+  jax.config.update('jax_compilation_cache_dir', None)
+  cc.reset_cache()
+  try:
+    with compare.compilation_cache(str(tmp_path / 'c')):
+      assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'c')
+      jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0)(jnp.ones(11))
+    assert os.listdir(tmp_path / 'c') and jax.config.jax_compilation_cache_dir is None
+    with compare.compilation_cache(None):
+      assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update('jax_compilation_cache_dir', suite)
+    cc.reset_cache()
+
+
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
   # Three members with three different FLOPs per step (the plan and FLOP tests above cover all
@@ -185,4 +205,7 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   for name in names:
     assert config.comparison.labels[name] in text
   assert 'random init (baseline)' in text and '![accuracy by objective](compare_encoders.png)' in text
-  assert os.listdir(os.path.join(workdir, 'xla_cache'))  # the fine-tunes' shared compilations
+  # The fine-tunes' shared compilations: in workdir/xla_cache, or in the cache the suite set.
+  suite_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  assert os.listdir(suite_cache or os.path.join(workdir, 'xla_cache'))
+  assert os.path.exists(os.path.join(workdir, 'xla_cache')) != bool(suite_cache)
