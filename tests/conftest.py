@@ -1,4 +1,5 @@
-"""Suite-wide JAX settings: 8 fake CPU devices (sharding tests) and strict rank promotion."""
+"""Suite-wide JAX settings: 8 fake CPU devices (sharding tests), strict rank promotion, one
+persistent compilation cache per run."""
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the whole run: the xdist controller creates it (and
 # removes it at the end), the workers and every subprocess (CLI runs, the notebook's kernel) inherit
 # the variables. Tests rebuild the same steps and models many times over, in both workers; an
-# identical program then compiles once (compilation is about half of the suite's CPU time).
+# identical program then compiles once (compilation is about half the time of the unit-test files).
 _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWN_CACHE = tempfile.mkdtemp(prefix="ptm_jax_xla_cache_")
@@ -38,4 +39,3 @@ def data_dir(tmp_path_factory):
 def pytest_sessionfinish(session):
   if _OWN_CACHE:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
