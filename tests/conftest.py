@@ -1,5 +1,5 @@
-"""Suite-wide JAX settings: 8 fake CPU devices (sharding tests), strict rank promotion, one
-persistent compilation cache per run."""
+"""Suite-wide settings: 8 fake CPU devices (sharding tests), strict rank promotion, and per run one
+persistent compilation cache and one prepared-data directory, shared by every process."""
 import os
 import shutil
 import tempfile
@@ -18,6 +18,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
+# One prepared-data directory (corpora, tokenizers, lexicons) for the whole run, made the same way:
+# both workers and every subprocess read one copy, and `ptm_jax.data.cache_lock` makes whichever
+# process asks first build an entry while the others wait for it.
+_OWN_DATA = None
+if "PTM_JAX_TEST_DATA_DIR" not in os.environ:
+  _OWN_DATA = tempfile.mkdtemp(prefix="ptm_jax_test_data_")
+  os.environ["PTM_JAX_TEST_DATA_DIR"] = _OWN_DATA
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -25,17 +33,17 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def data_dir(tmp_path_factory):
-  """One prepared-data/tokenizer cache per test process (real corpora are prepared once in each).
+def data_dir():
+  """The run's prepared-data/tokenizer cache (set $PTM_JAX_TEST_DATA_DIR to keep one across runs).
 
-  Autouse, so no test falls back to the user's ~/.cache/ptm_jax; under pytest-xdist each worker has
-  its own temporary directory, so two workers never prepare the same tfds builder at once.
+  Autouse, so no test falls back to the user's ~/.cache/ptm_jax.
   """
-  path = os.environ.get("PTM_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("ptm_data"))
+  path = os.environ["PTM_JAX_TEST_DATA_DIR"]
   os.environ["PTM_JAX_DATA_DIR"] = path
   return path
 
 
 def pytest_sessionfinish(session):
-  if _OWN_CACHE:
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+  for own in (_OWN_CACHE, _OWN_DATA):
+    if own:
+      shutil.rmtree(own, ignore_errors=True)

@@ -15,11 +15,6 @@ NEWS_TOTAL, NEWS_TRAIN, NEWS_VALIDATION, NEWS_TEST = 3824, 3340, 69, 415
 WIKI_TRAIN, WIKI_VALIDATION = 103, 3
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('data'))
-
-
 def _doc_ids(source, split):
   return {ex['doc_id'] for part in source.parts(split) for ex in part}
 

@@ -38,11 +38,6 @@ def _apt(name):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('data'))
-
-
-@pytest.fixture(scope='module')
 def pd_examples(data_dir):
   source = sources.get_source('people_daily_zh', data_dir)
   return {split: [source.builders[0].as_data_source(split)[i]

@@ -16,9 +16,9 @@ NORMAL_TEXT = [
 
 
 @pytest.fixture(scope='module')
-def data_cfg(tmp_path_factory):
+def data_cfg(data_dir):
   cfg = loader.default_data_config()
-  cfg.data_dir = str(tmp_path_factory.mktemp('data'))
+  cfg.data_dir = data_dir  # the suite's shared cache: news_en is prepared once per run
   cfg.tokenizer.vocab_size = 600
   cfg.tokenizer.max_train_chars = 200_000
   cfg.tokenizer.extra_ids = 3

@@ -51,7 +51,7 @@ import unicodedata
 import grain
 import numpy as np
 
-from ptm_jax.data import packing
+from ptm_jax.data import cache_lock, packing
 
 ANNOTATIONS = ('words', 'phrases', 'entities', 'sentences')
 KEYS = {'words': 'word_ids', 'phrases': 'phrase_ids', 'entities': 'entity_ids',
@@ -270,12 +270,14 @@ def load_or_mine_lexicon(source, tokenizer, data_dir: str) -> dict[str, float]:
   key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(data_dir, 'lexicons', key, 'collocations.json')
   if not os.path.exists(path):
-    lexicon = mine_collocations(source.texts('train', LEXICON_MAX_CHARS))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump({'fields': fields, 'collocations': lexicon}, f, ensure_ascii=False, indent=0)
-    os.replace(tmp, path)
+    with cache_lock.exclusive(data_dir, f'lexicon-{key}'):
+      if not os.path.exists(path):  # another process may have mined it while this one waited
+        lexicon = mine_collocations(source.texts('train', LEXICON_MAX_CHARS))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f'{path}.tmp{os.getpid()}'
+        with open(tmp, 'w', encoding='utf-8') as f:
+          json.dump({'fields': fields, 'collocations': lexicon}, f, ensure_ascii=False, indent=0)
+        os.replace(tmp, path)
   with open(path, encoding='utf-8') as f:
     return json.load(f)['collocations']
 

@@ -12,7 +12,7 @@ from absl import logging
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
-from ptm_jax.data import sources
+from ptm_jax.data import cache_lock, sources
 from ptm_jax.data.vocab import SpecialIds
 
 # Bump when the training recipe changes, so stale cached models are not reused.
@@ -179,25 +179,34 @@ def load_or_train(tok_cfg, data_cfg=None) -> Tokenizer:
   model_path = os.path.join(data_dir, 'tokenizers', key, 'sp.model')
   name = f'sp-{tok_cfg.model_type}-{tok_cfg.vocab_size}-{key[:8]}'
   if not os.path.exists(model_path):
-    source = sources.get_source(data_cfg.source, data_dir)
-    logging.info('training %s on %s (first %d chars of train)', name, source.name,
-                 tok_cfg.max_train_chars)
-    proto = train_sentencepiece(
-        source.texts('train', tok_cfg.max_train_chars), vocab_size=tok_cfg.vocab_size,
-        model_type=tok_cfg.model_type, extra_ids=tok_cfg.get('extra_ids', 0),
-        byte_fallback=tok_cfg.get('byte_fallback', True),
-        character_coverage=tok_cfg.get('character_coverage', 0.9995),
-        num_threads=max(1, data_cfg.get('num_threads', 4)))
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    # Write-then-rename: concurrent processes never read a half-written model.
-    tmp = f'{model_path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-      f.write(proto)
-    with open(os.path.join(os.path.dirname(model_path), 'config.json'), 'w') as f:
-      json.dump({'source': fingerprint, **dict(tok_cfg.items())}, f, indent=2, sort_keys=True)
-    os.replace(tmp, model_path)
+    with cache_lock.exclusive(data_dir, f'tokenizer-{key}'):
+      _train_to(model_path, name, fingerprint, tok_cfg, data_cfg, data_dir)
   with open(model_path, 'rb') as f:
     return from_sentencepiece(f.read(), name)
+
+
+def _train_to(model_path: str, name: str, fingerprint: str, tok_cfg, data_cfg,
+              data_dir: str) -> None:
+  """Trains the sentencepiece model and writes it (the caller holds the entry's lock)."""
+  if os.path.exists(model_path):  # another process trained it while this one waited
+    return
+  source = sources.get_source(data_cfg.source, data_dir)
+  logging.info('training %s on %s (first %d chars of train)', name, source.name,
+               tok_cfg.max_train_chars)
+  proto = train_sentencepiece(
+      source.texts('train', tok_cfg.max_train_chars), vocab_size=tok_cfg.vocab_size,
+      model_type=tok_cfg.model_type, extra_ids=tok_cfg.get('extra_ids', 0),
+      byte_fallback=tok_cfg.get('byte_fallback', True),
+      character_coverage=tok_cfg.get('character_coverage', 0.9995),
+      num_threads=max(1, data_cfg.get('num_threads', 4)))
+  os.makedirs(os.path.dirname(model_path), exist_ok=True)
+  # Write-then-rename: concurrent processes never read a half-written model.
+  tmp = f'{model_path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(proto)
+  with open(os.path.join(os.path.dirname(model_path), 'config.json'), 'w') as f:
+    json.dump({'source': fingerprint, **dict(tok_cfg.items())}, f, indent=2, sort_keys=True)
+  os.replace(tmp, model_path)
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int, *, exact: bool = False) -> None:

@@ -10,6 +10,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ptm_jax.data import cache_lock
+
 # Modules that register builders when imported (each calls register() at import time).
 _BUILTIN_MODULES = ('news_en', 'wiki_en', 'text_files', 'downstream', 'people_daily_zh', 'debian_corpora')
 _NAMED: dict[str, Callable[[str], tfds.core.DatasetBuilder]] = {}
@@ -45,11 +47,27 @@ def document_info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.c
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Writes the array_record files once; tfds skips builders whose version dir is complete."""
-  # GCS holds TFRecord copies only, so asking it would just cost a network timeout offline.
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  """Writes the array_record files once; one process per data dir does it, the others wait."""
+  if builder.is_prepared():
+    return _read_info(builder)
+  config = builder.builder_config.name if builder.builder_config else ''
+  with cache_lock.exclusive(os.fspath(builder.data_dir_root),
+                            f'tfds-{builder.name}-{config}-{builder.version}'):
+    if builder.is_prepared():  # another process prepared it while this one waited
+      _read_info(builder)
+    else:
+      # GCS holds TFRecord copies only, so asking it would just cost a network timeout offline.
+      builder.download_and_prepare(
+          file_format='array_record',
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def _read_info(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """A builder made before another process prepared its data has no splits yet (tfds reads them
+  from disk only at construction): read them now."""
+  if not builder.info.splits:
+    builder.info.read_from_directory(builder.data_dir)
   return builder
 
 
