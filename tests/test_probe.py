@@ -69,6 +69,36 @@ def test_mean_pooled_features_ignore_padding(monkeypatch):
   np.testing.assert_allclose(feats[0, 2], np.asarray(out['hidden'][0, :4].mean(axis=0)), atol=1e-5)
 
 
+def test_max_examples_keeps_the_first_examples_and_stops_reading(monkeypatch):
+  """train_examples=N probes the split's first N examples and never extracts past them."""
+  model = models.build('encoder', 'runlocal', vocab_size=40, num_layers=1, dropout_rate=0.0)
+  params = probe.init_params(model, 4, seed=0)
+  rng = np.random.default_rng(0)
+
+  def batch(b):
+    return {'tokens': rng.integers(5, 40, size=(3, 4)).astype(np.int32),
+            'segment_ids': np.ones((3, 4), np.int32),
+            'positions': np.tile(np.arange(4, dtype=np.int32), (3, 1)),
+            'label': np.asarray([3 * b, 3 * b + 1, 3 * b + 2], np.int32) % 2,
+            'label_weight': np.asarray([1.0, 1.0, 1.0 if b != 1 else 0.0], np.float32)}
+
+  batches, pulled = [batch(b) for b in range(4)], []
+
+  def feed(*args, **kwargs):
+    for b in batches:
+      pulled.append(1)
+      yield b
+
+  monkeypatch.setattr(probe.downstream, 'make_task_iterator', feed)
+  every, every_y = probe.extract_features(model, params, None, None, 'train')
+  assert every.shape[0] == 11 and len(pulled) == 4  # batch 1's third row is padding
+  pulled.clear()
+  first, first_y = probe.extract_features(model, params, None, None, 'train', max_examples=4)
+  assert len(pulled) == 2 and first.shape[0] == 4  # the third and fourth batches never read
+  np.testing.assert_allclose(first, every[:4], atol=1e-6)
+  np.testing.assert_array_equal(first_y, every_y[:4])
+
+
 @pytest.mark.usefixtures('data_dir')
 def test_probe_stage_runs_after_pretraining(tmp_path):
   """quickstart:tiny with probes only: per-layer + mix rows for both inits, probe.json/png written."""

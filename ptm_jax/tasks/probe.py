@@ -59,8 +59,13 @@ def init_params(model: nn.Module, seq_len: int, seed: int) -> Any:
 
 
 def extract_features(model: nn.Module, params: Any, data_cfg, tokenizer, split: str, *,
-                     pooling: str = 'mean', batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Pooled per-layer features `[N, num_layers + 1, D]` float32 and labels `[N]` of one split."""
+                     pooling: str = 'mean', batch_size: int = 256,
+                     max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Pooled per-layer features `[N, num_layers + 1, D]` float32 and labels `[N]` of one split.
+
+  `max_examples` > 0: the split's first N examples only (the ordered pass stops there), the same
+  subset a fine-tune with `max_train_examples = N` trains on.
+  """
 
   @jax.jit
   def pooled(params, batch):
@@ -75,14 +80,18 @@ def extract_features(model: nn.Module, params: Any, data_cfg, tokenizer, split: 
 
   it = downstream.make_task_iterator(data_cfg, tokenizer, split=split, global_batch_size=batch_size,
                                      seed=0, repeat=False)
-  feats, labels = [], []
+  feats, labels, kept = [], [], 0
   for batch in it:
     keep = np.asarray(batch['label_weight']) > 0
     f = np.asarray(pooled(params, {k: jnp.asarray(batch[k]) for k in
                                    ('tokens', 'segment_ids', 'positions')}))
     feats.append(f[keep])
     labels.append(np.asarray(batch['label'])[keep])
-  return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
+    kept += int(keep.sum())
+    if max_examples and kept >= max_examples:
+      break
+  n = max_examples or kept
+  return np.concatenate(feats)[:n], np.concatenate(labels)[:n].astype(np.int32)
 
 
 def _standardise(splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,11 +173,9 @@ def probe_task(config, task: str, pretrained_dir: str, tokenizer_cfg, field) -> 
   for init, params in inits.items():
     feats, labels = {}, {}
     for split in SPLITS:
-      feats[split], labels[split] = extract_features(model, params, data_cfg, tokenizer, split,
-                                                     pooling=field('pooling'))
-    limit = int(field('train_examples'))
-    if limit:
-      feats['train'], labels['train'] = feats['train'][:limit], labels['train'][:limit]
+      feats[split], labels[split] = extract_features(
+          model, params, data_cfg, tokenizer, split, pooling=field('pooling'),
+          max_examples=int(field('train_examples')) if split == 'train' else 0)
     feats = _standardise(feats)
     num_layers = feats['train'].shape[1]
     kwargs = dict(steps=int(field('probe_steps')), learning_rate=float(field('probe_learning_rate')),
