@@ -1,4 +1,4 @@
-"""Processes sharing a data dir: one prepares a corpus / trains a tokenizer, the others wait and read.
+"""Processes sharing a data dir: one prepares a corpus / trains a tokenizer, the others wait, read.
 
 The defining property is checked across real processes: two started together on one fresh data
 dir build each entry exactly once and both read the same result.
