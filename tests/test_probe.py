@@ -93,7 +93,9 @@ def test_max_examples_keeps_the_first_examples_and_stops_reading(monkeypatch):
   every, every_y = probe.extract_features(model, params, None, None, 'train')
   assert every.shape[0] == 11 and len(pulled) == 4  # batch 1's third row is padding
   pulled.clear()
+  compiled = probe._pooled_features._cache_size()
   first, first_y = probe.extract_features(model, params, None, None, 'train', max_examples=4)
+  assert probe._pooled_features._cache_size() == compiled  # the same model: no new compilation
   assert len(pulled) == 2 and first.shape[0] == 4  # the third and fourth batches never read
   np.testing.assert_allclose(first, every[:4], atol=1e-6)
   np.testing.assert_array_equal(first_y, every_y[:4])

@@ -17,6 +17,7 @@ Writes `probe.json` and `probe.png` (accuracy per layer, pretrained vs random) i
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -58,6 +59,23 @@ def init_params(model: nn.Module, seq_len: int, seed: int) -> Any:
   return jax.device_get(nn.unbox(variables['params']))
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'pooling'))
+def _pooled_features(params, batch, *, model: nn.Module, pooling: str) -> jax.Array:
+  """`[B, num_layers + 1, D]` per-layer features, pooled over real tokens (or the first, 'cls').
+
+  Module-level with the model static (linen modules hash by their config): one compilation serves
+  every split and both inits of a task, instead of one per call.
+  """
+  out = model.apply({'params': params}, batch['tokens'], segment_ids=batch['segment_ids'],
+                    positions=batch['positions'], deterministic=True, output_hidden_states=True)
+  states_BJLD = jnp.stack([h.astype(jnp.float32) for h in out['hidden_states']], axis=1)
+  if pooling == 'cls':
+    return states_BJLD[:, :, 0]
+  real_BL = (batch['segment_ids'] != 0).astype(jnp.float32)
+  summed_BJD = jnp.einsum('bjld,bl->bjd', states_BJLD, real_BL)
+  return summed_BJD / jnp.maximum(real_BL.sum(axis=1), 1.0)[:, None, None]
+
+
 def extract_features(model: nn.Module, params: Any, data_cfg, tokenizer, split: str, *,
                      pooling: str = 'mean', batch_size: int = 256,
                      max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,25 +84,14 @@ def extract_features(model: nn.Module, params: Any, data_cfg, tokenizer, split: 
   `max_examples` > 0: the split's first N examples only (the ordered pass stops there), the same
   subset a fine-tune with `max_train_examples = N` trains on.
   """
-
-  @jax.jit
-  def pooled(params, batch):
-    out = model.apply({'params': params}, batch['tokens'], segment_ids=batch['segment_ids'],
-                      positions=batch['positions'], deterministic=True, output_hidden_states=True)
-    states_BJLD = jnp.stack([h.astype(jnp.float32) for h in out['hidden_states']], axis=1)
-    if pooling == 'cls':
-      return states_BJLD[:, :, 0]
-    real_BL = (batch['segment_ids'] != 0).astype(jnp.float32)
-    summed_BJD = jnp.einsum('bjld,bl->bjd', states_BJLD, real_BL)
-    return summed_BJD / jnp.maximum(real_BL.sum(axis=1), 1.0)[:, None, None]
-
   it = downstream.make_task_iterator(data_cfg, tokenizer, split=split, global_batch_size=batch_size,
                                      seed=0, repeat=False)
   feats, labels, kept = [], [], 0
   for batch in it:
     keep = np.asarray(batch['label_weight']) > 0
-    f = np.asarray(pooled(params, {k: jnp.asarray(batch[k]) for k in
-                                   ('tokens', 'segment_ids', 'positions')}))
+    f = np.asarray(_pooled_features(
+        params, {k: jnp.asarray(batch[k]) for k in ('tokens', 'segment_ids', 'positions')},
+        model=model, pooling=pooling))
     feats.append(f[keep])
     labels.append(np.asarray(batch['label'])[keep])
     kept += int(keep.sum())
