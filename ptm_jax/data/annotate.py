@@ -269,15 +269,16 @@ def load_or_mine_lexicon(source, tokenizer, data_dir: str) -> dict[str, float]:
                 min_count=LEXICON_MIN_COUNT, min_npmi=LEXICON_MIN_NPMI, max_chars=LEXICON_MAX_CHARS)
   key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(data_dir, 'lexicons', key, 'collocations.json')
-  if not os.path.exists(path):
-    with cache_lock.exclusive(data_dir, f'lexicon-{key}'):
-      if not os.path.exists(path):  # another process may have mined it while this one waited
-        lexicon = mine_collocations(source.texts('train', LEXICON_MAX_CHARS))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f'{path}.tmp{os.getpid()}'
-        with open(tmp, 'w', encoding='utf-8') as f:
-          json.dump({'fields': fields, 'collocations': lexicon}, f, ensure_ascii=False, indent=0)
-        os.replace(tmp, path)
+
+  def mine():
+    lexicon = mine_collocations(source.texts('train', LEXICON_MAX_CHARS))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump({'fields': fields, 'collocations': lexicon}, f, ensure_ascii=False, indent=0)
+    os.replace(tmp, path)
+
+  cache_lock.build_once(data_dir, f'lexicon-{key}', lambda: os.path.exists(path), mine)
   with open(path, encoding='utf-8') as f:
     return json.load(f)['collocations']
 

@@ -7,8 +7,8 @@ directory onto the first fails. With one, the first process builds the entry, th
 then read it.
 
 The lock is an OS file lock (`filelock`, fcntl on POSIX): a killed holder releases it, so a crashed
-job never blocks the next one. Callers check for the finished entry before taking the lock (so a
-read-only data dir that already holds everything never needs one) and again after (another process
+job never blocks the next one. `build_once` checks for the finished entry before taking the lock (so
+a read-only data dir that already holds everything never needs one) and again after (another process
 may have built it while this one waited).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from absl import logging
 import filelock
@@ -47,3 +47,13 @@ def exclusive(data_dir: str, entry: str) -> Iterator[None]:
     yield
   finally:
     lock.release()
+
+
+def build_once(data_dir: str, entry: str, is_built: Callable[[], bool],
+               build: Callable[[], None]) -> None:
+  """Runs `build()` unless `is_built()`, holding the entry's lock and checking again under it."""
+  if is_built():
+    return
+  with exclusive(data_dir, entry):
+    if not is_built():
+      build()

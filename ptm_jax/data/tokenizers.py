@@ -178,9 +178,9 @@ def load_or_train(tok_cfg, data_cfg=None) -> Tokenizer:
   key = cache_key(fingerprint, tok_cfg)
   model_path = os.path.join(data_dir, 'tokenizers', key, 'sp.model')
   name = f'sp-{tok_cfg.model_type}-{tok_cfg.vocab_size}-{key[:8]}'
-  if not os.path.exists(model_path):
-    with cache_lock.exclusive(data_dir, f'tokenizer-{key}'):
-      _train_to(model_path, name, fingerprint, tok_cfg, data_cfg, data_dir)
+  cache_lock.build_once(
+      data_dir, f'tokenizer-{key}', lambda: os.path.exists(model_path),
+      lambda: _train_to(model_path, name, fingerprint, tok_cfg, data_cfg, data_dir))
   with open(model_path, 'rb') as f:
     return from_sentencepiece(f.read(), name)
 
@@ -188,8 +188,6 @@ def load_or_train(tok_cfg, data_cfg=None) -> Tokenizer:
 def _train_to(model_path: str, name: str, fingerprint: str, tok_cfg, data_cfg,
               data_dir: str) -> None:
   """Trains the sentencepiece model and writes it (the caller holds the entry's lock)."""
-  if os.path.exists(model_path):  # another process trained it while this one waited
-    return
   source = sources.get_source(data_cfg.source, data_dir)
   logging.info('training %s on %s (first %d chars of train)', name, source.name,
                tok_cfg.max_train_chars)

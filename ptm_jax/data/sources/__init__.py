@@ -48,19 +48,15 @@ def document_info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.c
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Writes the array_record files once; one process per data dir does it, the others wait."""
-  if builder.is_prepared():
-    return _read_info(builder)
   config = builder.builder_config.name if builder.builder_config else ''
-  with cache_lock.exclusive(os.fspath(builder.data_dir_root),
-                            f'tfds-{builder.name}-{config}-{builder.version}'):
-    if builder.is_prepared():  # another process prepared it while this one waited
-      _read_info(builder)
-    else:
-      # GCS holds TFRecord copies only, so asking it would just cost a network timeout offline.
-      builder.download_and_prepare(
+  # GCS holds TFRecord copies only, so asking it would just cost a network timeout offline.
+  cache_lock.build_once(
+      os.fspath(builder.data_dir_root), f'tfds-{builder.name}-{config}-{builder.version}',
+      builder.is_prepared,
+      lambda: builder.download_and_prepare(
           file_format='array_record',
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False)))
+  return _read_info(builder)
 
 
 def _read_info(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
