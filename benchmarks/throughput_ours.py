@@ -122,9 +122,12 @@ def build_training(wl: dict, spec: dict, impl: str | None):
   """
   import jax
   from ptm_jax import optim, steps
-  prng = applied_options(wl, spec.get('options') or {}).get('prng')
-  if prng:
-    jax.config.update('jax_default_prng_impl', prng)
+  applied = applied_options(wl, spec.get('options') or {})
+  if applied.get('prng'):
+    jax.config.update('jax_default_prng_impl', applied['prng'])
+  if applied.get('reduce'):
+    from ptm_jax.objectives import common
+    common.set_vocab_reduction(applied['reduce'])
   model, loss_fn, corrupt_fn = _build(wl, spec, impl, 'bfloat16')
   tx, schedule = optim.make_optimizer(optim.default_optim_config(), 10_000)
   state = init_state(model, tx, wl['seq_len'], spec['seed'])

@@ -10,9 +10,12 @@ from __future__ import annotations
 # mask: Config.mask_form (both families); loss_chunk: clm.Options.loss_chunk_size (CLM only);
 # vocab_pad: decoder Config.vocab_pad_multiple (decoder only); prng: the key implementation the
 # child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
-# drawn from it). Keys a workload lacks are ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng')
+# drawn from it); reduce: how the loss's vocabulary reductions run
+# (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU). Keys a workload lacks are
+# ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+REDUCTIONS = ('auto', 'one_pass', 'two_pass')
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -34,6 +37,10 @@ def parse_variants(text: str) -> list[dict]:
         if value not in PRNG_IMPLS:
           raise ValueError(f'--variants: prng={value!r}; use one of {", ".join(PRNG_IMPLS)}')
         opts[key] = value
+      elif key == 'reduce':
+        if value not in REDUCTIONS:
+          raise ValueError(f'--variants: reduce={value!r}; use one of {", ".join(REDUCTIONS)}')
+        opts[key] = value
       elif value.isdigit():
         opts[key] = int(value)
       else:
@@ -44,7 +51,7 @@ def parse_variants(text: str) -> list[dict]:
 
 def applied_options(wl: dict, options: dict) -> dict:
   """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
-  keep = {'mask', 'prng'}
+  keep = {'mask', 'prng', 'reduce'}
   keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
   keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
   return {k: v for k, v in options.items() if k in keep}

@@ -159,8 +159,10 @@ def test_chunked_cross_entropy_equals_unchunked(chunk):
 
 
 def _count(jaxpr, name: str) -> int:
+  # Sub-programs: a scan's or custom VJP's jaxpr, and each branch of a cond (platform_dependent).
   sub = lambda v: [v.jaxpr] if isinstance(v, jax.extend.core.ClosedJaxpr) else (
-      [v] if isinstance(v, jax.extend.core.Jaxpr) else [])
+      [v] if isinstance(v, jax.extend.core.Jaxpr) else
+      [j for x in v for j in sub(x)] if isinstance(v, (tuple, list)) else [])
   return sum((e.primitive.name == name) + sum(_count(j, name) for p in e.params.values()
                                                for j in sub(p))
              for e in jaxpr.eqns)
@@ -173,9 +175,80 @@ def test_chunked_loss_backward_does_not_redo_the_vocabulary_reductions():
   targets, weights = jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 8))
   loss = lambda h: common.chunked_lm_loss_and_metrics(
       h, lambda x: jnp.einsum('bcd,dv->bcv', x, w_DV), targets, weights, chunk_size=4)[0]
-  forward = _count(jax.make_jaxpr(loss)(hidden).jaxpr, 'reduce_max')
-  backward = _count(jax.make_jaxpr(jax.grad(loss))(hidden).jaxpr, 'reduce_max')
-  assert forward >= 1 and backward == forward, (forward, backward)
+  # reduce_max: the two-pass form (CPU); reduce: the one-pass variadic form (other backends).
+  for name in ('reduce_max', 'reduce'):
+    forward = _count(jax.make_jaxpr(loss)(hidden).jaxpr, name)
+    backward = _count(jax.make_jaxpr(jax.grad(loss))(hidden).jaxpr, name)
+    assert forward >= 1 and backward == forward, (name, forward, backward)
+
+
+@pytest.fixture
+def one_pass():
+  common.set_vocab_reduction('one_pass')
+  yield
+  common.set_vocab_reduction('auto')
+
+
+def test_one_pass_vocabulary_reduction_equals_two_passes(one_pass):
+  """The variadic (max, sum-exp, first index) reduction gives logsumexp and argmax's index, tie
+  rule included, -inf columns and all--inf rows too; its log Z gradient is the softmax."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 7, 50)).astype(np.float32) * 4
+  logits[0, 0, [3, 9, 40]] = 30.0  # a three-way tie: index 3
+  logits[1, :, 45:] = -np.inf  # padded columns
+  logits[2, 1] = -np.inf
+  x = jnp.asarray(logits)
+  lse, first = jax.jit(common.lse_and_first_max)(x)
+  common.set_vocab_reduction('two_pass')
+  lse2, first2 = jax.jit(common.lse_and_first_max)(x)
+  common.set_vocab_reduction('one_pass')
+  np.testing.assert_allclose(lse, jax.nn.logsumexp(x, axis=-1), rtol=1e-6)
+  np.testing.assert_allclose(lse2, lse, rtol=1e-6)
+  np.testing.assert_array_equal(first, np.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(first2, first)
+  assert int(first[0, 0]) == 3 and lse[2, 1] == -np.inf
+  finite = jnp.where(jnp.isfinite(x), x, -30.0)
+  cot = jnp.asarray(rng.normal(size=(3, 7)).astype(np.float32))
+  g = jax.grad(lambda v: jnp.sum(common.lse_and_first_max(v)[0] * cot))(finite)
+  g_ref = jax.grad(lambda v: jnp.sum(jax.nn.logsumexp(v, axis=-1) * cot))(finite)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="use one of auto, one_pass, two_pass"):
+    common.set_vocab_reduction('fused')
+
+
+@pytest.mark.parametrize('reduction', ['one_pass', 'two_pass'])
+def test_chunked_loss_over_a_padded_vocabulary_equals_the_sliced_one(reduction):
+  """`valid_vocab`: projecting onto the padded table (junk logits in the extra columns) gives
+  the loss, metrics and gradients of the sliced vocabulary; the extra columns get no gradient."""
+  common.set_vocab_reduction(reduction)
+  try:
+    rng = np.random.default_rng(1)
+    hidden = jnp.asarray(rng.normal(size=(2, 9, 6)).astype(np.float32))
+    w_DV = jnp.asarray(rng.normal(size=(6, 16)).astype(np.float32))
+    w_DV = w_DV.at[:, 13:].set(50.0)  # junk that would dominate if the padding were scored
+    targets = jnp.asarray(rng.integers(0, 13, size=(2, 9)))
+    weights = jnp.asarray((rng.random((2, 9)) > 0.2).astype(np.float32))
+    kw = dict(z_loss=1e-3, label_smoothing=0.1)
+
+    def padded(h, w):
+      return common.chunked_lm_loss_and_metrics(
+          h, lambda x: jnp.einsum('bcd,dv->bcv', x, w), targets, weights, chunk_size=4,
+          valid_vocab=13, **kw)
+
+    def sliced(h, w):
+      return common.lm_loss_and_metrics(jnp.einsum('bcd,dv->bcv', h, w[:, :13]), targets,
+                                        weights, **kw)
+
+    (val, m), (g_h, g_w) = jax.value_and_grad(padded, (0, 1), has_aux=True)(hidden, w_DV)
+    (ref, ref_m), (r_h, r_w) = jax.value_and_grad(sliced, (0, 1), has_aux=True)(hidden, w_DV)
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
+    for k in ref_m:
+      np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(g_h, r_h, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_w, r_w, rtol=1e-4, atol=1e-6)
+    assert float(jnp.max(jnp.abs(g_w[:, 13:]))) == 0.0
+  finally:
+    common.set_vocab_reduction('auto')
 
 
 @pytest.mark.parametrize('objective', [clm, prefix_lm])

@@ -196,15 +196,20 @@ class Model(nn.Module):
     states[-1] = hidden_BLD
     return hidden_BLD, (tuple(states) if output_hidden_states else None)
 
-  def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
-    """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`)."""
+  def lm_logits(self, hidden_BLD: jnp.ndarray, keep_padding: bool = False) -> jnp.ndarray:
+    """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`).
+
+    The padded rows are no tokens: the projection keeps the first vocab_size columns, so no
+    loss, argmax or sampler ever sees them and they get no gradient. `keep_padding=True` returns
+    all `padded_vocab_size` columns, for a loss that masks them itself (the chunked loss's
+    `valid_vocab`), which spares the slice and the padding of its gradient.
+    """
     cfg = self.config
-    # The padded rows are no tokens: the projection keeps the first vocab_size columns, so no
-    # loss, argmax or sampler ever sees them and they get no gradient.
+    keep = cfg.padded_vocab_size if keep_padding else cfg.vocab_size
     if cfg.tie_embeddings:
-      logits_BLV = self.token_embed.attend(hidden_BLD, keep=cfg.vocab_size)
+      logits_BLV = self.token_embed.attend(hidden_BLD, keep=keep)
     else:
-      logits_BLV = self.lm_head(hidden_BLD, keep=cfg.vocab_size)
+      logits_BLV = self.lm_head(hidden_BLD, keep=keep)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
   def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,

@@ -2,36 +2,133 @@
 the same loss chunked over the sequence for large vocabularies (`chunked_lm_loss_and_metrics`)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+# How the loss's vocabulary-wide reductions (log Z and the first argmax of each position) run:
+# 'two_pass' = max, then sum-exp and the lowest index holding the max (three reductions, each a
+# pass over the float32 logits; what the CPU backend vectorises); 'one_pass' = one variadic
+# reduction carrying (running max, sum of exp relative to it, index of the first max): one read
+# of the logits instead of three, and no materialised index array (on an H100 the three passes
+# and the iota took ~4.8 ms of GPT-2 small's 47 ms step, docs/benchmarks.md); 'auto' = two_pass
+# on CPU, one_pass elsewhere (chosen when the step is lowered, `lax.platform_dependent`).
+VOCAB_REDUCTIONS = ('auto', 'one_pass', 'two_pass')
+_vocab_reduction = 'auto'
+
+
+def set_vocab_reduction(impl: str) -> None:
+  """Selects the `VOCAB_REDUCTIONS` implementation for steps traced from now on."""
+  global _vocab_reduction
+  if impl not in VOCAB_REDUCTIONS:
+    raise ValueError(f'vocab reduction {impl!r}; use one of {", ".join(VOCAB_REDUCTIONS)}')
+  _vocab_reduction = impl
+
+
+def _two_pass(logits_NV):
+  max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
+  vocab = logits_NV.shape[-1]
+  safe_N1 = jnp.where(jnp.isfinite(max_N1), max_N1, 0.0)
+  lse_N = jnp.log(jnp.sum(jnp.exp(logits_NV - safe_N1), axis=-1)) + safe_N1[..., 0]
+  index_V = jnp.arange(vocab, dtype=jnp.int32)
+  first_N = jnp.min(jnp.where(logits_NV == max_N1, index_V, vocab), axis=-1)
+  return lse_N, first_N
+
+
+def _one_pass_combine(a, b):
+  (m1, s1, i1), (m2, s2, i2) = a, b
+  m = jnp.maximum(m1, m2)
+  # A side whose max is -inf holds no mass (and exp(-inf - -inf) would be NaN).
+  s = (jnp.where(m1 == -jnp.inf, 0.0, s1 * jnp.exp(m1 - m))
+       + jnp.where(m2 == -jnp.inf, 0.0, s2 * jnp.exp(m2 - m)))
+  i = jnp.where(m1 > m2, i1, jnp.where(m2 > m1, i2, jnp.minimum(i1, i2)))
+  return m, s, i
+
+
+def _one_pass(logits_NV):
+  axis = logits_NV.ndim - 1
+  vocab = logits_NV.shape[-1]
+  index_NV = jax.lax.broadcasted_iota(jnp.int32, logits_NV.shape, axis)
+  m_N, s_N, first_N = jax.lax.reduce(
+      (logits_NV, jnp.ones_like(logits_NV), index_NV),
+      (jnp.float32(-jnp.inf), jnp.float32(0.0), jnp.int32(vocab)), _one_pass_combine, (axis,))
+  return m_N + jnp.log(s_N), first_N
+
+
+@jax.custom_vjp
+def _lse_and_first_max(logits_NV):
+  if _vocab_reduction == 'one_pass':
+    return _one_pass(logits_NV)
+  if _vocab_reduction == 'two_pass':
+    return _two_pass(logits_NV)
+  return jax.lax.platform_dependent(logits_NV, cpu=_two_pass, default=_one_pass)
+
+
+def _lse_fwd(logits_NV):
+  lse_N, first_N = _lse_and_first_max(logits_NV)
+  return (lse_N, first_N), (logits_NV, lse_N)
+
+
+def _lse_bwd(residuals, g):
+  logits_NV, lse_N = residuals
+  return (g[0][..., None] * jnp.exp(logits_NV - lse_N[..., None]),)
+
+
+_lse_and_first_max.defvjp(_lse_fwd, _lse_bwd)
+
+
+def lse_and_first_max(logits_BLV, valid_vocab: int | None = None):
+  """float32 (log Z, index of the first maximum) over the last axis, in one reduction pass where
+  the backend allows it (`set_vocab_reduction`); log Z is differentiable (its gradient is the
+  softmax). `valid_vocab` < V leaves out the last columns (vocabulary padding): they count as
+  -inf, so they hold no probability mass and are never the argmax."""
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  return _lse_and_first_max(_mask_padding(logits_BLV, valid_vocab))
+
+
+def _mask_padding(logits_BLV, valid_vocab: int | None):
+  vocab = logits_BLV.shape[-1]
+  if valid_vocab is None or valid_vocab >= vocab:
+    return logits_BLV
+  index = jax.lax.broadcasted_iota(jnp.int32, logits_BLV.shape, logits_BLV.ndim - 1)
+  return jnp.where(index < valid_vocab, logits_BLV, -jnp.inf)
+
 
 def token_cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0,
-                        label_smoothing: float = 0.0):
-  """Per position, float32: (cross-entropy, z-loss, log Z).
+                        label_smoothing: float = 0.0, valid_vocab: int | None = None):
+  """Per position, float32: (cross-entropy, z-loss, log Z, argmax hit).
 
   Label smoothing: q = (1 - a) onehot + a / V, so CE = log Z - (1 - a) l_t - a mean(l). Written
   from log Z rather than with optax's cross-entropies, which do not return it: the z-loss and the
-  chunked loss's backward need it, and one logsumexp pass then serves all three.
+  chunked loss's backward need it, and one reduction pass serves log Z and the accuracy's argmax
+  (`lse_and_first_max`). The hit is `argmax(logits) == target` with argmax's tie rule (the
+  lowest index of the max). `valid_vocab`: only the first columns are the vocabulary.
   """
   logits_BLV = logits_BLV.astype(jnp.float32)  # bf16 log-softmax loses the small probabilities.
-  lse_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  vocab = logits_BLV.shape[-1] if valid_vocab is None else min(valid_vocab, logits_BLV.shape[-1])
+  lse_BL, first_BL = lse_and_first_max(logits_BLV, valid_vocab)
   target_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
   if label_smoothing:
-    ce_BL = (lse_BL - (1.0 - label_smoothing) * target_BL
-             - label_smoothing * jnp.mean(logits_BLV, axis=-1))
+    if vocab < logits_BLV.shape[-1]:
+      in_vocab = jax.lax.broadcasted_iota(jnp.int32, logits_BLV.shape, logits_BLV.ndim - 1) < vocab
+      total_BL = jnp.sum(jnp.where(in_vocab, logits_BLV, 0.0), axis=-1)
+    else:
+      total_BL = jnp.sum(logits_BLV, axis=-1)
+    ce_BL = lse_BL - (1.0 - label_smoothing) * target_BL - label_smoothing * total_BL / vocab
   else:
     ce_BL = lse_BL - target_BL
   # PaLM/T5X z-loss keeps log Z near 0 so that bf16 logits stay in range.
   z_BL = z_loss * jnp.square(lse_BL) if z_loss else jnp.zeros_like(ce_BL)
-  return ce_BL, z_BL, lse_BL
+  hit_BL = (first_BL == targets_BL).astype(jnp.float32)
+  return ce_BL, z_BL, lse_BL, hit_BL
 
 
 def weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, *, z_loss: float = 0.0,
                            label_smoothing: float = 0.0):
   """Returns (sum_loss, sum_weights, sum_z): float32 weighted sums; sum_loss includes the z-loss."""
-  ce_BL, z_BL, _ = token_cross_entropy(logits_BLV, targets_BL, z_loss=z_loss,
-                                       label_smoothing=label_smoothing)
+  ce_BL, z_BL, _, _ = token_cross_entropy(logits_BLV, targets_BL, z_loss=z_loss,
+                                          label_smoothing=label_smoothing)
   weights_BL = weights_BL.astype(jnp.float32)
   return jnp.sum((ce_BL + z_BL) * weights_BL), jnp.sum(weights_BL), jnp.sum(z_BL * weights_BL)
 
@@ -39,14 +136,11 @@ def weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, *, z_loss: float 
 def argmax_hits(logits_BLV, targets_BL):
   """float32 `argmax(logits) == targets`, with argmax's tie rule (the lowest index of the max).
 
-  Written as max, then the lowest index holding it: two plain reductions instead of XLA's
-  variadic (value, index) reduce, which the CPU backend does not vectorise (a one-off timing over
-  the quickstart's 3.6 M-logit MLM slab on 2 cores: 2.7 ms instead of 9; docs/benchmarks.md).
+  The index comes from `lse_and_first_max` (max, then the lowest index holding it), not from
+  XLA's variadic (value, index) argmax reduce, which the CPU backend does not vectorise (a one-off
+  timing over the quickstart's 3.6 M-logit MLM slab on 2 cores: 2.7 ms instead of 9).
   """
-  max_BL1 = jnp.max(logits_BLV, axis=-1, keepdims=True)
-  vocab = logits_BLV.shape[-1]
-  index_V = jnp.arange(vocab, dtype=jnp.int32)
-  first_BL = jnp.min(jnp.where(logits_BLV == max_BL1, index_V, vocab), axis=-1)
+  _, first_BL = lse_and_first_max(logits_BLV)
   return (first_BL == targets_BL).astype(jnp.float32)
 
 
@@ -84,32 +178,35 @@ def binary_auc(scores, labels, weights):
 def lm_loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, z_loss: float = 0.0,
                         label_smoothing: float = 0.0):
   """Mean weighted CE over the counted positions and the standard {'loss', 'accuracy', 'num_targets'}."""
-  sum_loss, sum_w, sum_z = weighted_cross_entropy(
-      logits_BLV, targets_BL, weights_BL, z_loss=z_loss, label_smoothing=label_smoothing)
-  sum_correct, _ = weighted_accuracy(logits_BLV, targets_BL, weights_BL)
+  sums, _ = _sums_and_terms(logits_BLV, targets_BL, weights_BL.astype(jnp.float32), z_loss,
+                            label_smoothing, None)
+  return _loss_and_metrics(sums, z_loss)
+
+
+def _loss_and_metrics(sums_4, z_loss: float):
+  sum_loss, sum_w, sum_z, sum_correct = sums_4[0], sums_4[1], sums_4[2], sums_4[3]
   # max(., 1) keeps a batch with no targets (all padding) at loss 0 instead of NaN.
   denom = jnp.maximum(sum_w, 1.0)
-  loss = sum_loss / denom
-  metrics = {'loss': loss, 'accuracy': sum_correct / denom, 'num_targets': sum_w}
+  metrics = {'loss': sum_loss / denom, 'accuracy': sum_correct / denom, 'num_targets': sum_w}
   if z_loss:
     metrics['z_loss'] = sum_z / denom
-  return loss, metrics
+  return metrics['loss'], metrics
 
 
-def _chunk_sums_and_residuals(logits_BCV, t_BC, w_BC, z_loss: float, label_smoothing: float):
-  """The four weighted sums of one chunk (loss incl. z-loss, weight, z-loss, hits), as
-  `weighted_cross_entropy` and `weighted_accuracy` give them, and for the backward pass log Z and
-  the per-position terms."""
-  ce_BC, z_BC, lse_BC = token_cross_entropy(logits_BCV, t_BC, z_loss=z_loss,
-                                            label_smoothing=label_smoothing)
-  correct_BC = argmax_hits(logits_BCV, t_BC)
+def _sums_and_terms(logits_BCV, t_BC, w_BC, z_loss: float, label_smoothing: float,
+                    valid_vocab: int | None):
+  """The four weighted sums (loss incl. z-loss, weight, z-loss, argmax hits) from one reduction
+  pass over the vocabulary, and for a backward pass log Z and the per-position terms."""
+  ce_BC, z_BC, lse_BC, correct_BC = token_cross_entropy(
+      logits_BCV, t_BC, z_loss=z_loss, label_smoothing=label_smoothing, valid_vocab=valid_vocab)
   sums = jnp.stack([jnp.sum((ce_BC + z_BC) * w_BC), jnp.sum(w_BC), jnp.sum(z_BC * w_BC),
                     jnp.sum(correct_BC * w_BC)])
   return sums, (lse_BC, ce_BC + z_BC, z_BC, correct_BC)
 
 
 def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, chunk_size: int,
-                                z_loss: float = 0.0, label_smoothing: float = 0.0):
+                                z_loss: float = 0.0, label_smoothing: float = 0.0,
+                                valid_vocab: int | None = None):
   """`lm_loss_and_metrics(project(hidden_BLD), ...)` without ever holding `[B, L, V]` logits.
 
   `project` maps hidden `[B, C, D]` to float32 logits `[B, C, V]` (the model's output layer).
@@ -123,6 +220,11 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
   the saved log Z. Rematerialising the forward instead (jax.checkpoint) also recomputes its
   max and sum-exp reductions over the vocabulary: two more passes over every chunk's float32
   logits, which the H100 profile of GPT-2 small showed (docs/benchmarks.md).
+
+  `valid_vocab` < V: `project` returns a padded vocabulary whose first `valid_vocab` columns are
+  the tokens (`vocab_pad_multiple`); the rest count as -inf (no mass, never the argmax, zero
+  gradient). Projecting onto the padded table directly spares slicing the logits and padding
+  their gradient back (a bf16 pass over every chunk: 1.8 ms of GPT-2 small's step on an H100).
   """
   if chunk_size < 1:
     raise ValueError(f'chunk_size={chunk_size} must be >= 1 (0 = unchunked lm_loss_and_metrics)')
@@ -143,22 +245,26 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
 
   @jax.custom_vjp
   def chunk_sums(h_BCD, t_BC, w_BC, *params):
-    return _chunk_sums_and_residuals(proj(h_BCD, *params), t_BC, w_BC, z_loss,
-                                     label_smoothing)[0]
+    return _sums_and_terms(proj(h_BCD, *params), t_BC, w_BC, z_loss, label_smoothing,
+                           valid_vocab)[0]
 
   def chunk_fwd(h_BCD, t_BC, w_BC, *params):
-    sums, terms = _chunk_sums_and_residuals(proj(h_BCD, *params), t_BC, w_BC, z_loss,
-                                            label_smoothing)
+    sums, terms = _sums_and_terms(proj(h_BCD, *params), t_BC, w_BC, z_loss, label_smoothing,
+                                  valid_vocab)
     return sums, (h_BCD, t_BC, w_BC, params, terms)
 
   def chunk_bwd(residuals, g_4):
     h_BCD, t_BC, w_BC, params, (lse_BC, loss_BC, z_BC, correct_BC) = residuals
     logits_BCV, project_vjp = jax.vjp(proj, h_BCD, *params)
     vocab = logits_BCV.shape[-1]
-    probs_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+    valid = vocab if valid_vocab is None else min(valid_vocab, vocab)
+    # exp(-inf - lse) = 0: the padded columns get no gradient.
+    probs_BCV = jnp.exp(_mask_padding(logits_BCV, valid) - lse_BC[..., None])
     target_BCV = jax.nn.one_hot(t_BC, vocab, dtype=jnp.float32)
     if label_smoothing:
-      target_BCV = target_BCV * (1.0 - label_smoothing) + label_smoothing / vocab
+      in_vocab = jax.lax.broadcasted_iota(jnp.int32, target_BCV.shape, target_BCV.ndim - 1) < valid
+      target_BCV = target_BCV * (1.0 - label_smoothing) + jnp.where(in_vocab,
+                                                                    label_smoothing / valid, 0.0)
     g_ce_BC = w_BC * g_4[0]
     g_logits_BCV = g_ce_BC[..., None] * (probs_BCV - target_BCV)
     if z_loss:
@@ -173,13 +279,7 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
   sums, _ = jax.lax.scan(lambda acc, xs: (acc + chunk_sums(*xs, *consts), None),
                          jnp.zeros(4, jnp.float32),
                          (h_NBCD, to_chunks(targets_BL), to_chunks(weights_BL)))
-  sum_loss, sum_w, sum_z, sum_correct = sums[0], sums[1], sums[2], sums[3]
-  denom = jnp.maximum(sum_w, 1.0)
-  loss = sum_loss / denom
-  metrics = {'loss': loss, 'accuracy': sum_correct / denom, 'num_targets': sum_w}
-  if z_loss:
-    metrics['z_loss'] = sum_z / denom
-  return loss, metrics
+  return _loss_and_metrics(sums, z_loss)
 
 
 def check_loss_chunk_size(owner: str, chunk_size: int) -> None:
@@ -204,7 +304,12 @@ def output_loss_and_metrics(model, params, out, targets_BL, weights_BL, *, chunk
   if not chunk_size:
     return lm_loss_and_metrics(out['logits'], targets_BL, weights_BL, z_loss=z_loss,
                                label_smoothing=label_smoothing)
-  project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits')  # noqa: E731
+  config = getattr(model, 'config', None)
+  padded = getattr(config, 'vocab_pad_multiple', 0) > 0  # the decoder's padded vocabulary
+  kwargs = dict(keep_padding=True) if padded else {}
+  project = lambda h_BCD: model.apply({'params': params}, h_BCD, method='lm_logits',  # noqa: E731
+                                      **kwargs)
   return chunked_lm_loss_and_metrics(out['hidden'], project, targets_BL, weights_BL,
                                      chunk_size=chunk_size, z_loss=z_loss,
-                                     label_smoothing=label_smoothing)
+                                     label_smoothing=label_smoothing,
+                                     valid_vocab=config.vocab_size if padded else None)
