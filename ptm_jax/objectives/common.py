@@ -136,9 +136,10 @@ def weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, *, z_loss: float 
 def argmax_hits(logits_BLV, targets_BL):
   """float32 `argmax(logits) == targets`, with argmax's tie rule (the lowest index of the max).
 
-  The index comes from `lse_and_first_max` (max, then the lowest index holding it), not from
-  XLA's variadic (value, index) argmax reduce, which the CPU backend does not vectorise (a one-off
-  timing over the quickstart's 3.6 M-logit MLM slab on 2 cores: 2.7 ms instead of 9).
+  The index comes from `lse_and_first_max`: on CPU the max, then the lowest index holding it
+  (XLA's CPU backend does not vectorise a variadic (value, index) reduce: a one-off timing over
+  the quickstart's 3.6 M-logit MLM slab on 2 cores, 2.7 ms instead of 9); elsewhere the one
+  variadic pass that also gives log Z.
   """
   _, first_BL = lse_and_first_max(logits_BLV)
   return (first_BL == targets_BL).astype(jnp.float32)
