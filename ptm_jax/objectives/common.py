@@ -2,8 +2,6 @@
 the same loss chunked over the sequence for large vocabularies (`chunked_lm_loss_and_metrics`)."""
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -27,13 +25,12 @@ def set_vocab_reduction(impl: str) -> None:
 
 
 def _two_pass(logits_NV):
+  # XLA merges logsumexp's max with this one (the same reduction of the same operand).
   max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
   vocab = logits_NV.shape[-1]
-  safe_N1 = jnp.where(jnp.isfinite(max_N1), max_N1, 0.0)
-  lse_N = jnp.log(jnp.sum(jnp.exp(logits_NV - safe_N1), axis=-1)) + safe_N1[..., 0]
   index_V = jnp.arange(vocab, dtype=jnp.int32)
   first_N = jnp.min(jnp.where(logits_NV == max_N1, index_V, vocab), axis=-1)
-  return lse_N, first_N
+  return jax.nn.logsumexp(logits_NV, axis=-1), first_N
 
 
 def _one_pass_combine(a, b):
@@ -87,12 +84,15 @@ def lse_and_first_max(logits_BLV, valid_vocab: int | None = None):
   return _lse_and_first_max(_mask_padding(logits_BLV, valid_vocab))
 
 
+def _in_vocab(x_BLV, valid_vocab: int):
+  """Boolean `[..., V]`: the column is one of the first `valid_vocab` (not padding)."""
+  return jax.lax.broadcasted_iota(jnp.int32, x_BLV.shape, x_BLV.ndim - 1) < valid_vocab
+
+
 def _mask_padding(logits_BLV, valid_vocab: int | None):
-  vocab = logits_BLV.shape[-1]
-  if valid_vocab is None or valid_vocab >= vocab:
+  if valid_vocab is None or valid_vocab >= logits_BLV.shape[-1]:
     return logits_BLV
-  index = jax.lax.broadcasted_iota(jnp.int32, logits_BLV.shape, logits_BLV.ndim - 1)
-  return jnp.where(index < valid_vocab, logits_BLV, -jnp.inf)
+  return jnp.where(_in_vocab(logits_BLV, valid_vocab), logits_BLV, -jnp.inf)
 
 
 def token_cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0,
@@ -110,11 +110,9 @@ def token_cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0,
   lse_BL, first_BL = lse_and_first_max(logits_BLV, valid_vocab)
   target_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
   if label_smoothing:
-    if vocab < logits_BLV.shape[-1]:
-      in_vocab = jax.lax.broadcasted_iota(jnp.int32, logits_BLV.shape, logits_BLV.ndim - 1) < vocab
-      total_BL = jnp.sum(jnp.where(in_vocab, logits_BLV, 0.0), axis=-1)
-    else:
-      total_BL = jnp.sum(logits_BLV, axis=-1)
+    kept_BLV = (jnp.where(_in_vocab(logits_BLV, vocab), logits_BLV, 0.0)
+                if vocab < logits_BLV.shape[-1] else logits_BLV)
+    total_BL = jnp.sum(kept_BLV, axis=-1)
     ce_BL = lse_BL - (1.0 - label_smoothing) * target_BL - label_smoothing * total_BL / vocab
   else:
     ce_BL = lse_BL - target_BL
@@ -143,13 +141,6 @@ def argmax_hits(logits_BLV, targets_BL):
   """
   _, first_BL = lse_and_first_max(logits_BLV)
   return (first_BL == targets_BL).astype(jnp.float32)
-
-
-def weighted_accuracy(logits_BLV, targets_BL, weights_BL):
-  """Returns (sum_correct, sum_weights): float32 weighted count of argmax hits."""
-  weights_BL = weights_BL.astype(jnp.float32)
-  correct_BL = argmax_hits(logits_BLV, targets_BL)
-  return jnp.sum(correct_BL * weights_BL), jnp.sum(weights_BL)
 
 
 def binary_auc(scores, labels, weights):
@@ -263,9 +254,8 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
     probs_BCV = jnp.exp(_mask_padding(logits_BCV, valid) - lse_BC[..., None])
     target_BCV = jax.nn.one_hot(t_BC, vocab, dtype=jnp.float32)
     if label_smoothing:
-      in_vocab = jax.lax.broadcasted_iota(jnp.int32, target_BCV.shape, target_BCV.ndim - 1) < valid
-      target_BCV = target_BCV * (1.0 - label_smoothing) + jnp.where(in_vocab,
-                                                                    label_smoothing / valid, 0.0)
+      target_BCV = (target_BCV * (1.0 - label_smoothing)
+                    + jnp.where(_in_vocab(target_BCV, valid), label_smoothing / valid, 0.0))
     g_ce_BC = w_BC * g_4[0]
     g_logits_BCV = g_ce_BC[..., None] * (probs_BCV - target_BCV)
     if z_loss:
