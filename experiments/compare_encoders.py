@@ -74,6 +74,12 @@ def get_config(arg: str = "runlocal"):
       scored_positions="expected",
       pretrain_eval=True,     # one held-out evaluation at the end of each pretraining
       compilation_cache=True,  # workdir/xla_cache: same-shaped fine-tunes compile once
+      # Runs that span machines (ptm_jax/compare_records.py): a directory that keeps one record per
+      # finished unit (read first, written as each unit ends), units to run now (() = all that have
+      # no record) and a wall-time budget in seconds after which no new unit starts (0 = none).
+      records_dir="",
+      run_only=(),
+      time_budget_s=0.0,
   ))
   if arg == "runlocal":
     config.model.update(num_layers=2, embed_dim=64, num_heads=1, mlp_dim=256,

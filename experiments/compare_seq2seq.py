@@ -76,6 +76,12 @@ def get_config(arg: str = "runlocal"):
       scored_positions="expected",
       pretrain_eval=True,
       compilation_cache=True,
+      # Runs that span machines (ptm_jax/compare_records.py): a directory that keeps one record per
+      # finished unit (read first, written as each unit ends), units to run now (() = all that have
+      # no record) and a wall-time budget in seconds after which no new unit starts (0 = none).
+      records_dir="",
+      run_only=(),
+      time_budget_s=0.0,
       output_name="compare_seq2seq",
   ))
   if arg == "runlocal":

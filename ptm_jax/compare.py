@@ -35,11 +35,12 @@ import ml_collections
 import numpy as np
 
 from ptm_jax import configs
+from ptm_jax import compare_records as records
+from ptm_jax import compare_report as report
 from ptm_jax import flops as flops_lib
 from ptm_jax import models
 from ptm_jax import train
 from ptm_jax.data import tokenizers
-from ptm_jax.data.sources import downstream
 from ptm_jax.tasks import finetune
 
 # Fields every member takes from the comparison config (the encoder size and precision).
@@ -56,10 +57,6 @@ SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed'
                       'num_shards')
 SHARED_TRAIN_FIELDS = ('batch_size', 'grad_accum', 'log_every', 'eval_batches', 'eval_batch_size',
                        'eval_split')
-OUTPUT_NAME = 'compare_encoders'  # the default of comparison.output_name
-_SCORED_TEXT = {'expected': "the method's expected targets (mask_rate x seq_len positions; MASS's "
-                            "decoder on its fragment, GLM's expected Part B)",
-                'slab': "the objective's static slab"}
 
 
 _T0 = [time.time()]
@@ -181,11 +178,6 @@ def plan(config, vocab_size: int) -> tuple[list[Member], float]:
   return members, budget
 
 
-def output_name(config) -> str:
-  """Base name of the comparison's md / png / json files."""
-  return str(config.comparison.get('output_name', OUTPUT_NAME))
-
-
 def encoder_params(cfg, vocab_size: int) -> int:
   """Parameters of the model a fine-tune starts from (ELECTRA: the discriminator)."""
   fields = {k: v for k, v in cfg.model.items() if k not in ('family', 'variant') and v is not None}
@@ -231,43 +223,89 @@ def run(config, workdir: str) -> dict[str, Any]:
 def _run(config, workdir: str) -> dict[str, Any]:
   tokenizer = tokenizers.load_or_train(config.data.tokenizer, config.data)
   members, budget = plan(config, tokenizer.vocab_size)
-  _say(f'{len(members)} members, budget {budget:.3e} FLOPs = {config.comparison.reference_steps} '
-       f'steps of {config.comparison.reference}; steps: '
-       + ', '.join(f'{m.name} {m.steps}' for m in members))
-  results: dict[str, dict[str, Any]] = {}
-  for i, m in enumerate(members):
-    _say(f'[{i + 1}/{len(members)}] pretraining {m.name} ({m.label}): {m.steps} steps x '
+  cmp = config.comparison
+  _say(f'{len(members)} members, budget {budget:.3e} FLOPs = {cmp.reference_steps} '
+       f'steps of {cmp.reference}; steps: ' + ', '.join(f'{m.name} {m.steps}' for m in members))
+  reference = next(m for m in members if m.name == cmp.reference)
+  # The units in the order they run: the baseline first (the floor every member is read against).
+  units: list[Member | None] = [None, *members]
+  names = ['random', *[m.name for m in members]]
+  run_only = [str(n) for n in cmp.get('run_only', ())]
+  unknown = sorted(set(run_only) - set(names))
+  if unknown:
+    raise ValueError(f'comparison.run_only names {", ".join(unknown)}; the units are '
+                     f'{", ".join(names)}')
+  store = records.Store(workdir, str(cmp.get('records_dir', '') or ''))
+  clock = records.TimeBudget(float(cmp.get('time_budget_s', 0) or 0))
+  results: dict[str, dict[str, Any]] = {'random': dict(
+      label='random init (baseline)', family=reference.config.model.family,
+      params_encoder=encoder_params(reference.config, tokenizer.vocab_size))}
+  rows: list[dict[str, Any]] = []
+  made: dict[str, dict[str, Any]] = {}
+  stopped = False
+  for i, (name, m) in enumerate(zip(names, units)):
+    key = records.fingerprint((m or reference).config, budget, tokenizer.vocab_size)
+    record = store.get(name, key)
+    if record is None and (stopped or (run_only and name not in run_only)):
+      continue
+    if record is None and not clock.may_start():
+      _say(f'time budget {clock.budget_s:.0f}s: {clock.used_s():.0f}s used, stopping before '
+           f'{name}; rerun the same command to go on')
+      stopped = True
+      continue
+    if record is None:
+      t0 = time.time()
+      result, unit_rows, preempted = _run_unit(config, workdir, f'[{i + 1}/{len(units)}]', m,
+                                               reference, budget, tokenizer.vocab_size)
+      if preempted:  # an unfinished unit stays out of the table; its run dirs resume it
+        stopped = True
+        continue
+      record = store.put(name, key, result, unit_rows, workdir)
+      clock.unit_done(time.time() - t0)
+    else:
+      _say(f'[{i + 1}/{len(units)}] {name}: from its record ({record["made"]["device"]}, '
+           f'{record["made"]["date"]})')
+    if record['result'] is not None:
+      results[name] = record['result']
+    rows += [dict(r, member=name) for r in record['rows']]
+    made[name] = record['made']
+  missing = [n for n in names if n not in made]
+  return _finish(config, workdir, members, results, rows, missing=missing, made=made)
+
+
+def _run_unit(config, workdir, tag: str, m: Member | None, reference: Member, budget: float,
+              vocab_size: int):
+  """One unit: the baseline's fine-tunes, or a member's pretraining and then its fine-tunes."""
+  result = None
+  if m is not None:
+    _say(f'{tag} pretraining {m.name} ({m.label}): {m.steps} steps x '
          f'{m.flops_per_step:.3e} FLOPs')
-    result = train.train(m.config, os.path.join(workdir, m.name, 'pretrain'))
-    results[m.name] = dict(
+    out = train.train(m.config, os.path.join(workdir, m.name, 'pretrain'))
+    result = dict(
         label=m.label, objective=m.config.objective.name, family=m.config.model.family,
-        steps=int(result.step), planned_steps=m.steps, flops_per_step=m.flops_per_step,
+        steps=int(out.step), planned_steps=m.steps, flops_per_step=m.flops_per_step,
         flops=m.flops, flops_per_token=m.flops_breakdown, budget=budget,
-        params_pretrain=int(result.num_params),
-        params_encoder=encoder_params(m.config, tokenizer.vocab_size),
-        train_loss=float(result.train_loss), eval=dict(result.eval_metrics),
-        wall_time_s=float(result.wall_time_s))
-    if result.preempted:
-      return _finish(config, workdir, members, results, [], preempted=True)
-  reference = next(m for m in members if m.name == config.comparison.reference)
-  results['random'] = dict(label='random init (baseline)', family=reference.config.model.family,
-                           params_encoder=encoder_params(reference.config, tokenizer.vocab_size))
-  rows = _finetune_all(config, workdir, members)
-  preempted = bool(rows) and rows[-1]['preempted']
-  return _finish(config, workdir, members, results, rows, preempted=preempted)
+        params_pretrain=int(out.num_params),
+        params_encoder=encoder_params(m.config, vocab_size),
+        train_loss=float(out.train_loss), eval=dict(out.eval_metrics),
+        wall_time_s=float(out.wall_time_s))
+    if out.preempted:
+      return result, [], True
+  else:
+    _say(f'{tag} the random-init baseline')
+  rows = _finetune_unit(config, workdir, m, reference)
+  return result, rows, bool(rows) and rows[-1]['preempted']
 
 
-def _finetune_all(config, workdir, members: list[Member]) -> list[dict[str, Any]]:
-  """Every (task, seed): the random-init baseline once, then each pretrained member."""
+def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list[dict[str, Any]]:
+  """Every (task, seed) of one unit: the random-init baseline (m None) or a pretrained member."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
   seeds = [int(s) for s in finetune.downstream_field(config, 'seeds')]
-  reference = next(m for m in members if m.name == config.comparison.reference)
   tokenizer_cfg = finetune.pinned_tokenizer_config(reference.config)
-  jobs = [(task, seed, m) for task in tasks for seed in seeds for m in [None, *members]]
+  name = m.name if m else 'random'
   rows = []
-  for i, (task, seed, m) in enumerate(jobs):
-    name = m.name if m else 'random'
-    _say(f'[{i + 1}/{len(jobs)}] fine-tuning {name} on {task}, seed {seed}')
+  for j, (task, seed) in enumerate((t, s) for t in tasks for s in seeds):
+    _say(f'  fine-tuning {name} on {task}, seed {seed} ({j + 1}/{len(tasks) * len(seeds)})')
     if m is None:  # the baseline: the reference architecture from random init
       row = finetune.run_one(reference.config, task, 'random', seed, os.path.join(workdir, 'random'),
                              '', tokenizer_cfg)
@@ -281,196 +319,16 @@ def _finetune_all(config, workdir, members: list[Member]) -> list[dict[str, Any]
   return rows
 
 
-ROUGE_COLUMNS = (('rouge1', 'ROUGE-1'), ('rouge2', 'ROUGE-2'), ('rougeL', 'ROUGE-L'))
-
-
-def _stats(values) -> dict[str, float]:
-  vals = np.asarray(values, np.float64)
-  return dict(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if vals.size > 1 else 0.0)
-
-
-def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-  """{member: {task: {mean, std, n, dev_mean, metric}}} of the test score at the selected
-  evaluation (accuracy; entity F1 for tagging; ROUGE-L F for generation, whose entries also hold
-  rouge1 / rouge2 / rougeL: {mean, std})."""
-  out: dict[str, dict[str, dict[str, Any]]] = {}
-  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-  for r in rows:
-    if not r['preempted']:
-      groups.setdefault((r['member'], r['task']), []).append(r)
-  for (member, task), rs in groups.items():
-    test = [r.get('test_score', r['test_accuracy']) for r in rs]
-    dev = [r.get('dev_score', r['dev_accuracy']) for r in rs]
-    entry = dict(_stats(test), n=len(rs), dev_mean=float(np.mean(dev)),
-                 metric=rs[0].get('metric', 'accuracy'))
-    for key, _ in ROUGE_COLUMNS:
-      if f'test_{key}' in rs[0]:
-        entry[key] = _stats([r[f'test_{key}'] for r in rs])
-    out.setdefault(member, {})[task] = entry
-  return out
-
-
-def _columns(tasks: list[str]) -> list[tuple[str, str, str | None]]:
-  """(header, task, key) per score column: a task's score, or ROUGE-1/2/L of a generation task."""
-  cols = []
-  for task in tasks:
-    if downstream.task_info(task).kind == 'generation':
-      cols += [(f'{task} {label}', task, key) for key, label in ROUGE_COLUMNS]
-    else:
-      cols.append((task, task, None))
-  return cols
-
-
-def _score(accuracy, member: str, task: str, key: str | None) -> dict[str, float] | None:
-  entry = accuracy.get(member, {}).get(task)
-  return entry if entry is None or key is None else entry.get(key)
-
-
-def _fmt_acc(acc: dict[str, float] | None) -> str:
-  if not acc:
-    return 'n/a'
-  return f'{acc["mean"]:.3f} ± {acc["std"]:.3f}'
-
-
-def _model_text(config, members: list[Member]) -> str:
-  """'one 2-layer 64-wide encoder' or, across families, each stack's depth and its members."""
-  stacks: dict[str, list[str]] = {}
-  for m in members:
-    mc = m.config.model
-    stack = (f'{mc.num_encoder_layers}+{mc.num_decoder_layers}-layer encoder-decoder'
-             if mc.family == 'encdec' else f'{mc.num_layers}-layer {mc.family}')
-    stacks.setdefault(stack, []).append(m.name)
-  if len(stacks) == 1:
-    return f'one {next(iter(stacks))} {config.model.embed_dim} wide'
-  return f'width {config.model.embed_dim}: ' + '; '.join(
-      f'{stack} ({", ".join(names)})' for stack, names in stacks.items())
-
-
-def _score_text(config, tasks: list[str]) -> str:
-  kinds = {downstream.task_info(t).kind for t in tasks}
-  parts = []
-  if kinds - {'generation'}:
-    parts.append('test accuracy (entity F1 for tagging) at the best-dev evaluation')
-  if 'generation' in kinds:
-    decode = finetune.downstream_field(config, 'decode_strategy')
-    if decode == 'beam':
-      decode += (f' {finetune.downstream_field(config, "num_beams")}, length penalty '
-                 f'{finetune.downstream_field(config, "length_penalty")}')
-    examples = int(finetune.downstream_field(config, 'generation_examples'))
-    parts.append(f'ROUGE-1/2/L F of the titles decoded ({decode}) at the lowest-dev-loss '
-                 f'evaluation, {"the first " + str(examples) if examples else "all"} test articles')
-  return '; '.join(parts)
-
-
-def markdown(config, members: list[Member], results, accuracy, *, preempted: bool) -> str:
-  """The comparison table (+ the FLOPs-per-token breakdown) as markdown."""
-  tasks = list(finetune.downstream_field(config, 'tasks'))
-  seeds = list(finetune.downstream_field(config, 'seeds'))
-  cols = _columns(tasks)
-  cmp = config.comparison
-  budget = next(m.flops_per_step for m in members if m.name == cmp.reference) * int(
-      cmp.reference_steps)
-  eval_loss = any('eval/loss' in results.get(m.name, {}).get('eval', {}) for m in members)
-  generation = any(key for _, _, key in cols)
-  lines = [
-      f'# {config.report.title or "Equal-compute comparison"}', '',
-      f'{len(members)} objectives, {_model_text(config, members)}, `{config.data.source}`, '
-      f'{config.data.seq_len}-token rows of batch '
-      f'{config.train.batch_size}; budget {budget:.3e} training FLOPs each '
-      f'(= {cmp.reference_steps} steps of `{cmp.reference}`; sparse vocabulary projections '
-      f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}). Downstream: '
-      f'{_score_text(config, tasks)}; mean ± std over seeds {tuple(seeds)}, '
-      f'{finetune.downstream_field(config, "steps")} fine-tuning steps.', '',
-      '| objective | params (pretrain) | params (fine-tuned) | FLOPs / token | pretrain steps | '
-      'pretrain FLOPs | final loss (train' + (' / eval' if eval_loss else '') + ') | '
-      + ' | '.join(header for header, _, _ in cols) + ' |',
-      '|---|' + '---|' * (6 + len(cols)),
-  ]
-  for name in ['random', *[m.name for m in members]]:
-    r = results.get(name)
-    if r is None:
-      continue
-    acc = [_fmt_acc(_score(accuracy, name, task, key)) for _, task, key in cols]
-    if name == 'random':
-      lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | — | '
-                   + ' | '.join(acc) + ' |')
-      continue
-    loss = f'{r["train_loss"]:.3f}'
-    if eval_loss:
-      loss += f' / {r["eval"].get("eval/loss", float("nan")):.3f}'
-    lines.append(
-        f'| {r["label"]} | {r["params_pretrain"] / 1e6:.2f}M | {r["params_encoder"] / 1e6:.2f}M | '
-        f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | {r["flops"]:.3e} | {loss} | '
-        + ' | '.join(acc) + ' |')
-  parts = [p for p in dict.fromkeys(k for m in members for k in m.flops_breakdown)
-           if p != 'total' and any(m.flops_breakdown.get(p) for m in members)]
-  lines += ['', 'Training FLOPs per token by part (ptm_jax/flops.py; forward + backward, '
-            'matmuls only):', '',
-            '| objective | ' + ' | '.join(parts) + ' | total |', '|---|' + '---|' * (len(parts) + 1)]
-  for m in members:
-    b = m.flops_breakdown
-    lines.append(f'| {m.name} | ' + ' | '.join(f'{b[p]:.3g}' if b.get(p) else '0' for p in parts)
-                 + f' | {b["total"]:.4g} |')
-  note = ('Final loss is each objective\'s own training loss: it is comparable across runs of one '
-          'objective, not across objectives')
-  if any(m.config.objective.name in ('mlm_nsp', 'spanbert', 'electra') for m in members):
-    note += (' (MLM+NSP adds the NSP term, SpanBERT the SBO term, ELECTRA is L_MLM(generator) + '
-             '50 L_disc)')
-  lines += ['', note + '.']
-  if preempted:
-    lines += ['', '(preempted: the table is incomplete; rerun the same command to resume)']
-  alt = 'ROUGE by objective' if generation else 'accuracy by objective'
-  lines += ['', f'![{alt}]({output_name(config)}.png)', '']
-  return '\n'.join(lines)
-
-
-def plot(members: list[Member], results, accuracy, tasks: list[str], out_png: str) -> str:
-  """Bar plot: test score per objective and task (± std), and pretraining steps per objective."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  names = ['random', *[m.name for m in members]]
-  cols = _columns(tasks)
-  fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 7.5), dpi=110)
-  FigureCanvasAgg(fig)
-  ax, ax_steps = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
-  x = np.arange(len(names), dtype=np.float64)
-  width = 0.8 / max(len(cols), 1)
-  for j, (header, task, key) in enumerate(cols):
-    scores = [_score(accuracy, n, task, key) or {} for n in names]
-    mean = [s.get('mean', np.nan) for s in scores]
-    std = [s.get('std', 0.0) for s in scores]
-    offset = (j - (len(cols) - 1) / 2) * width
-    ax.bar(x + offset, mean, width, yerr=std, capsize=3, label=header, alpha=0.85)
-    base = (_score(accuracy, 'random', task, key) or {}).get('mean')
-    if base is not None:
-      ax.axhline(base, color=f'C{j}', linestyle=':', linewidth=1)
-  generation = any(key for _, _, key in cols)
-  ax.set_xticks(x, names, rotation=20)
-  ax.set_ylabel('test score (ROUGE F / accuracy)' if generation else 'test accuracy (best dev)')
-  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init)')
-  ax.legend(fontsize='small')
-  ax.grid(True, axis='y', alpha=0.3)
-  steps = [results.get(m.name, {}).get('steps', 0) for m in members]
-  ax_steps.bar(np.arange(len(members)), steps, color='tab:gray')
-  for i, s in enumerate(steps):
-    ax_steps.annotate(str(s), (i, s), ha='center', va='bottom', fontsize='small')
-  ax_steps.set_xticks(np.arange(len(members)), [m.name for m in members], rotation=20)
-  ax_steps.set_ylabel('pretraining steps')
-  ax_steps.set_title('steps within the same FLOP budget')
-  fig.tight_layout()
-  fig.savefig(out_png, format='png')
-  return out_png
-
-
-def _finish(config, workdir, members, results, rows, *, preempted: bool) -> dict[str, Any]:
-  accuracy = accuracy_summary(rows)
-  text = markdown(config, members, results, accuracy, preempted=preempted)
+def _finish(config, workdir, members, results, rows, *, missing: list[str],
+            made: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  accuracy = report.accuracy_summary(rows)
+  text = report.markdown(config, members, results, accuracy, missing=missing, made=made)
   summary = {'members': results, 'accuracy': accuracy, 'rows': rows, 'markdown': text,
-             'preempted': preempted}
+             'made': made, 'missing': missing, 'preempted': bool(missing)}
   if jax.process_index() == 0:
     tasks = list(finetune.downstream_field(config, 'tasks'))
-    name = output_name(config)
-    plot(members, results, accuracy, tasks, os.path.join(workdir, f'{name}.png'))
+    name = report.output_name(config)
+    report.plot(members, results, accuracy, tasks, os.path.join(workdir, f'{name}.png'))
     for filename in (f'{name}.md', 'report.md'):
       with open(os.path.join(workdir, filename), 'w', encoding='utf-8') as f:
         f.write(text)

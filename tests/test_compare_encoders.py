@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from ptm_jax import compare, configs, flops, objectives
+from ptm_jax import compare_records as records
 from ptm_jax.configs import base
 from ptm_jax.objectives import electra, mlm, spanbert
 
@@ -161,14 +162,76 @@ def test_compilation_cache_block_writes_there_and_restores(tmp_path):
     cc.reset_cache()
 
 
+def test_time_budget_starts_a_unit_only_if_the_longest_so_far_still_fits():
+  now = [0.0]
+  clock = records.TimeBudget(100.0, clock=lambda: now[0])
+  now[0] = 150.0
+  assert clock.may_start()  # nothing finished yet in this run: always make progress
+  now[0] = 0.0
+  clock = records.TimeBudget(100.0, clock=lambda: now[0])
+  now[0] = 30.0
+  clock.unit_done(30.0)
+  assert clock.may_start()  # 30 used + 30 for the next <= 100
+  now[0] = 75.0
+  clock.unit_done(45.0)
+  assert not clock.may_start()  # 75 + 45 > 100
+  assert records.TimeBudget(0.0, clock=lambda: now[0]).may_start()  # 0 = no budget
+
+
+def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
+  config = _comparison()
+  store = records.Store(str(tmp_path / 'work'), str(tmp_path / 'rec'))
+  key = records.fingerprint(config, 1e12, VOCAB)
+  assert store.get('mlm', key) is None
+  row = {'task': 'rt_sentiment', 'workdir': str(tmp_path / 'work' / 'mlm' / 'rt_sentiment')}
+  store.put('mlm', key, {'steps': 3}, [row], str(tmp_path / 'work'))
+  assert store.get('mlm', key)['rows'][0]['workdir'] == os.path.join('mlm', 'rt_sentiment')
+  assert os.path.exists(tmp_path / 'work' / 'records' / 'mlm.json')  # kept beside the run too
+  # Where the data lives or how the devices are laid out does not change the numbers ...
+  moved = _comparison(**{'data.data_dir': '/elsewhere', 'mesh.preset': 'fsdp'})
+  assert records.fingerprint(moved, 1e12, VOCAB) == key
+  # ... the optimizer, the budget and the vocabulary do.
+  other = _comparison(**{'optim.learning_rate': 1e-2})
+  for changed in (records.fingerprint(other, 1e12, VOCAB), records.fingerprint(config, 2e12, VOCAB),
+                  records.fingerprint(config, 1e12, VOCAB + 1)):
+    assert changed != key
+    with pytest.raises(ValueError, match='another configuration'):
+      store.get('mlm', changed)
+  (tmp_path / 'rec' / 'mlm.json').write_text('{"unit": "ml')
+  with pytest.raises(ValueError, match=r'mlm\.json is unreadable .*delete it'):
+    store.get('mlm', key)
+
+
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
   # Three members with three different FLOPs per step (the plan and FLOP tests above cover all
   # eight without training) and one task keep this end-to-end run to about a minute.
-  config = _comparison(**{'mesh.num_devices': 1, 'comparison.members': ('mlm', 'albert', 'electra'),
-                          'downstream.tasks': ('rt_sentiment',)})
-  workdir = str(tmp_path / 'cmp')
-  summary = run_lib.run(config, workdir)  # run.run dispatches a `comparison` config
+  shared = {'mesh.num_devices': 1, 'comparison.members': ('mlm', 'albert', 'electra'),
+            'downstream.tasks': ('rt_sentiment',), 'comparison.records_dir': str(tmp_path / 'rec')}
+  # Split over two "machines", as a lent GPU's ten-minute calls do: the first runs two units ...
+  first = run_lib.run(_comparison(**shared, **{'comparison.run_only': ('random', 'mlm')}),
+                      str(tmp_path / 'machine_a'))  # run.run dispatches a `comparison` config
+  assert first['missing'] == ['albert', 'electra'] and first['preempted']
+  assert 'incomplete: no result yet for albert, electra' in first['markdown']
+  assert sorted(os.listdir(tmp_path / 'rec')) == ['mlm.json', 'random.json']
+  # ... the second starts bare (no checkpoint of the first) and runs only what has no record.
+  config = _comparison(**shared)
+  workdir = str(tmp_path / 'machine_b')
+  summary = run_lib.run(config, workdir)
+  assert not summary['missing'] and not summary['preempted']
+  assert not os.path.exists(os.path.join(workdir, 'mlm')), 'a recorded unit ran again'
+  assert not os.path.exists(os.path.join(workdir, 'random'))
+  assert sorted(os.listdir(tmp_path / 'rec')) == [f'{n}.json' for n in
+                                                  ('albert', 'electra', 'mlm', 'random')]
+  assert [r for r in summary['rows'] if r['member'] in ('random', 'mlm')] == first['rows']
+  device = jax.devices()[0].device_kind
+  assert summary['made']['mlm']['device'] == device and f'Run on {device} (jax ' in summary['markdown']
+  with open(tmp_path / 'rec' / 'mlm.json') as f:
+    record = json.load(f)
+  assert record['rows'][0]['workdir'] == os.path.join('mlm', 'rt_sentiment', 'pretrained', 'seed0')
+  # A record of another configuration is refused, naming its file; nothing is trained first.
+  with pytest.raises(ValueError, match=r'rec/random\.json was made with another configuration'):
+    run_lib.run(_comparison(**shared, **{'optim.learning_rate': 5e-4}), str(tmp_path / 'machine_c'))
   names = list(config.comparison.members)
   tasks = list(config.downstream.tasks)
   for suffix in ('md', 'png', 'json'):

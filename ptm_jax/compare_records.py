@@ -1,0 +1,134 @@
+"""One record per finished unit of a comparison, so that a comparison can span machines and sessions.
+
+A comparison (ptm_jax/compare.py) is a list of units: the random-init baseline and each member (its
+pretraining, then its fine-tunes). When a unit finishes, its record -- the pretraining summary and
+the fine-tune rows, a few kB -- is written to `workdir/records/<unit>.json` and, when
+`comparison.records_dir` is set, there too. A unit that has a record is not run again, and its
+checkpoints need not exist any more (a member's are hundreds of MB at the `gpu` sizes). That is how a
+comparison too long for one machine adds up to one table: run it where a call lasts ten minutes
+and a machine is lent for thirty (a lent GPU), keep only the records (in the repository, say), and
+the next run with the same `records_dir` runs what is left and writes the whole table. Several
+machines can also run disjoint parts at once (`comparison.run_only`) into one records dir.
+
+A record holds the fingerprint of what decides its numbers: the unit's resolved run config (the
+member's, with its step count; the baseline's is the reference member's), the budget and the
+vocabulary size, without the fields that only say where or how verbosely it runs (data dir, reader
+threads, logging, mesh). A record whose fingerprint differs from the planned unit's is refused
+with a one-line error that names the file: a result of another configuration never lands in the
+table. Each record also says where and when it was made (device kind, JAX version, UTC date), which
+the table prints, since a split comparison may run on more than one kind of machine.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+
+RECORD_VERSION = 1
+RECORDS_SUBDIR = 'records'
+# Fields that do not change a unit's numbers: where data lives, how many reader threads, how often
+# it logs, how the devices are laid out (8 devices give the numbers of 1: tests/test_sharding.py).
+_VOLATILE = {('data', 'data_dir'), ('data', 'num_threads'), ('train', 'log_every'), ('mesh',),
+             ('report',), ('downstream', 'eval_batch_size')}
+
+
+def _strip(tree: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    here = (*path, key)
+    if here in _VOLATILE:
+      continue
+    out[key] = _strip(value, here) if isinstance(value, dict) else value
+  return out
+
+
+def fingerprint(run_config, budget: float, vocab_size: int) -> str:
+  """Hash of a unit's resolved run config (volatile fields dropped), the budget and the vocabulary."""
+  fields = {'config': _strip(run_config.to_dict()), 'budget': float(budget),
+            'vocab_size': int(vocab_size), 'version': RECORD_VERSION}
+  text = json.dumps(fields, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def where_and_when() -> dict[str, Any]:
+  """The device kind, count, JAX version and UTC date a record was made on."""
+  device = jax.devices()[0]
+  return {'device': str(device.device_kind), 'platform': str(device.platform),
+          'device_count': int(jax.device_count()), 'jax': jax.__version__,
+          'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d')}
+
+
+class Store:
+  """The records of one comparison: read from `records_dir` and workdir/records, written to both."""
+
+  def __init__(self, workdir: str, records_dir: str = ''):
+    self.dirs = [os.path.join(workdir, RECORDS_SUBDIR)]
+    if records_dir:
+      self.dirs.append(os.path.abspath(os.path.expanduser(records_dir)))
+
+  def get(self, unit: str, expected: str) -> dict[str, Any] | None:
+    """The unit's record if one exists and matches `expected`; None if none exists."""
+    for directory in self.dirs[::-1]:  # records_dir first: it is what the user pointed at
+      path = os.path.join(directory, f'{unit}.json')
+      if not os.path.exists(path):
+        continue
+      try:
+        with open(path, encoding='utf-8') as f:
+          record = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ValueError(f'comparison record {path} is unreadable ({type(e).__name__}: {e}); '
+                         'delete it to run that unit again') from None
+      if record.get('fingerprint') != expected:
+        raise ValueError(f'comparison record {path} was made with another configuration '
+                         f'(fingerprint {record.get("fingerprint")}, this run {expected}); move it '
+                         'away or point comparison.records_dir elsewhere')
+      return record
+    return None
+
+  def put(self, unit: str, expected: str, result: dict[str, Any] | None,
+          rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
+    """Writes the unit's record to every directory (process 0 only) and returns it."""
+    record = {'unit': unit, 'fingerprint': expected, 'version': RECORD_VERSION,
+              'made': where_and_when(), 'result': result,
+              # Run directories relative to the comparison's workdir: no machine's path is kept.
+              'rows': [dict(r, workdir=os.path.relpath(r['workdir'], workdir))
+                       if 'workdir' in r else r for r in rows]}
+    if jax.process_index() == 0:
+      for directory in self.dirs:
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f'.{unit}.json.tmp')
+        with open(tmp, 'w', encoding='utf-8') as f:
+          json.dump(record, f, indent=1, default=float)
+        os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
+    return record
+
+
+class TimeBudget:
+  """Whether to start another unit within `budget_s` seconds of wall time (0: no budget).
+
+  A unit is started only if the time used plus the longest unit finished so far fits; the first
+  unit of a run always starts, so every run makes progress. A unit cut short anyway (SIGTERM from
+  `timeout`) saves its checkpoint and the next run on the same workdir resumes it.
+  """
+
+  def __init__(self, budget_s: float, clock=time.monotonic):
+    self.budget_s, self._clock = float(budget_s or 0.0), clock
+    self._start = clock()
+    self._longest = 0.0
+    self._finished = 0
+
+  def unit_done(self, seconds: float) -> None:
+    self._longest, self._finished = max(self._longest, float(seconds)), self._finished + 1
+
+  def may_start(self) -> bool:
+    if self.budget_s <= 0 or self._finished == 0:
+      return True
+    return self._clock() - self._start + self._longest <= self.budget_s
+
+  def used_s(self) -> float:
+    return self._clock() - self._start
