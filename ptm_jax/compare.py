@@ -8,16 +8,20 @@ budget (`reference_steps` steps of the reference). `run.run` hands such a config
      (`member_config`);
   2. its training FLOPs per step come from `ptm_jax.flops`, and it trains
      floor(budget / FLOPs per step) steps, so cheaper objectives run more steps (`plan`);
-  3. each pretrained model is fine-tuned on every downstream task and seed
-     (`tasks.finetune.run_one`; generation tasks decode and score ROUGE); the random-init baseline
-     (the reference member's architecture) runs once per task and seed;
-  4. a markdown table, a bar plot and a JSON file (`comparison.output_name`) land in the workdir.
+  3. the units run in turn: the random-init baseline (the reference member's architecture,
+     fine-tuned once per task and seed), then each member, pretrained and then fine-tuned on every
+     downstream task and seed (`tasks.finetune.run_one`; generation tasks decode and score
+     ROUGE). A finished unit leaves a record (ptm_jax/compare_records.py) and is never run again:
+     `comparison.records_dir`, `run_only` and `time_budget_s` split a comparison over machines,
+     calls and sessions;
+  4. a markdown table, a bar plot and a JSON file (`comparison.output_name`) of every recorded
+     unit land in the workdir (ptm_jax/compare_report.py).
 Members of different families (experiments/compare_seq2seq.py: encoder-decoders next to single
 stacks) take the shared width from the comparison config and their depth from
 `comparison.member_model` (per-member model fields applied last); `comparison.member_objective`
 sets per-member objective options (a variant of one experiment, e.g. T5 with i.i.d. noise).
 Every run lives in its own directory (workdir/<member>/pretrain, workdir/<member>/<task>/...,
-workdir/random/<task>/...), so a rerun of the same command resumes where it stopped.
+workdir/random/<task>/...), so a rerun of the same command also resumes a unit cut short.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""One record per finished unit of a comparison, so that a comparison can span machines and sessions.
+"""One record per finished unit of a comparison, so that a comparison can span machines, sessions.
 
 A comparison (ptm_jax/compare.py) is a list of units: the random-init baseline and each member (its
 pretraining, then its fine-tunes). When a unit finishes, its record -- the pretraining summary and
 the fine-tune rows, a few kB -- is written to `workdir/records/<unit>.json` and, when
 `comparison.records_dir` is set, there too. A unit that has a record is not run again, and its
-checkpoints need not exist any more (a member's are hundreds of MB at the `gpu` sizes). That is how a
-comparison too long for one machine adds up to one table: run it where a call lasts ten minutes
+checkpoints need not exist any more (a member's are hundreds of MB at the `gpu` sizes). That is how
+a comparison too long for one machine adds up to one table: run it where a call lasts ten minutes
 and a machine is lent for thirty (a lent GPU), keep only the records (in the repository, say), and
 the next run with the same `records_dir` runs what is left and writes the whole table. Several
 machines can also run disjoint parts at once (`comparison.run_only`) into one records dir.
@@ -16,7 +16,9 @@ vocabulary size, without the fields that only say where or how verbosely it runs
 threads, logging, mesh). A record whose fingerprint differs from the planned unit's is refused
 with a one-line error that names the file: a result of another configuration never lands in the
 table. Each record also says where and when it was made (device kind, JAX version, UTC date), which
-the table prints, since a split comparison may run on more than one kind of machine.
+the table prints, since a split comparison may run on more than one kind of machine. Every process
+of a multi-host run reads the records, so `records_dir` (like the workdir) must be on a file system
+they share.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _strip(tree: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def fingerprint(run_config, budget: float, vocab_size: int) -> str:
-  """Hash of a unit's resolved run config (volatile fields dropped), the budget and the vocabulary."""
+  """Hash of a unit's resolved run config (volatile fields dropped), budget and vocabulary size."""
   fields = {'config': _strip(run_config.to_dict()), 'budget': float(budget),
             'vocab_size': int(vocab_size), 'version': RECORD_VERSION}
   text = json.dumps(fields, sort_keys=True, default=str)

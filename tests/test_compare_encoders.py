@@ -225,7 +225,8 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
                                                   ('albert', 'electra', 'mlm', 'random')]
   assert [r for r in summary['rows'] if r['member'] in ('random', 'mlm')] == first['rows']
   device = jax.devices()[0].device_kind
-  assert summary['made']['mlm']['device'] == device and f'Run on {device} (jax ' in summary['markdown']
+  assert summary['made']['mlm']['device'] == device
+  assert f'Run on {device} (jax ' in summary['markdown']
   with open(tmp_path / 'rec' / 'mlm.json') as f:
     record = json.load(f)
   assert record['rows'][0]['workdir'] == os.path.join('mlm', 'rt_sentiment', 'pretrained', 'seed0')

@@ -104,8 +104,9 @@ def fetch(name: str, version: str, dest: str, python_version: str, platforms: li
   done = subprocess.run(base + target + [spec], capture_output=True, text=True)
   if done.returncode == 0:
     return 'wheel'
-  built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', dest, spec],
-                         capture_output=True, text=True)
+  built = subprocess.run(
+      [sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', dest, spec],
+      capture_output=True, text=True)
   if built.returncode != 0:
     raise SystemExit(f'error: {spec}: no wheel for Python {python_version} on {platforms} and no '
                      f'build from source ({built.stderr.strip().splitlines()[-1:]})')

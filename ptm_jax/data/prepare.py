@@ -32,7 +32,7 @@ def run_configs(config) -> list:
 
 
 def prepare(config, data_dir: str = '') -> dict[str, int]:
-  """Prepares the data of `config` (a run or a comparison) under `data_dir`; returns {entry: bytes}."""
+  """Prepares the data of `config` (a run or a comparison) in `data_dir`; returns {entry: bytes}."""
   from ptm_jax.data import loader, sources, tokenizers  # pylint: disable=g-import-not-at-top
   from ptm_jax.data.sources import downstream  # pylint: disable=g-import-not-at-top
   from ptm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
