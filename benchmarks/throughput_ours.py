@@ -95,6 +95,8 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
     fast['mask_form'] = opts['mask']
   if 'vocab_pad' in opts:
     fast['vocab_pad_multiple'] = opts['vocab_pad']
+  if 'logits' in opts:
+    fast['logits_dtype'] = opts['logits']
   model = models.build(wl['family'], wl['variant'], **wl['overrides'], dtype=dtype,
                        param_dtype='float32', dropout_rate=spec['dropout'], remat=spec['remat'],
                        attention_impl=impl, **fast)

@@ -11,11 +11,12 @@ from __future__ import annotations
 # vocab_pad: decoder Config.vocab_pad_multiple (decoder only); prng: the key implementation the
 # child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
 # drawn from it); reduce: how the loss's vocabulary reductions run
-# (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU). Keys a workload lacks are
-# ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce')
+# (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU); logits: decoder
+# Config.logits_dtype ('compute' = bf16 logits, decoder only). Keys a workload lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
+LOGITS = ('float32', 'compute')
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -41,6 +42,10 @@ def parse_variants(text: str) -> list[dict]:
         if value not in REDUCTIONS:
           raise ValueError(f'--variants: reduce={value!r}; use one of {", ".join(REDUCTIONS)}')
         opts[key] = value
+      elif key == 'logits':
+        if value not in LOGITS:
+          raise ValueError(f'--variants: logits={value!r}; use one of {", ".join(LOGITS)}')
+        opts[key] = value
       elif value.isdigit():
         opts[key] = int(value)
       else:
@@ -50,9 +55,9 @@ def parse_variants(text: str) -> list[dict]:
 
 
 def applied_options(wl: dict, options: dict) -> dict:
-  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
+  """The --variants options this workload has (vocab_pad, logits: decoder; loss_chunk: CLM)."""
   keep = {'mask', 'prng', 'reduce'}
-  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
+  keep |= {'vocab_pad', 'logits'} if wl['family'] == 'decoder' else set()
   keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
   return {k: v for k, v in options.items() if k in keep}
 

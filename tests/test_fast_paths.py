@@ -378,6 +378,46 @@ def test_vocab_padding_changes_nothing_visible(variant, arch, tmp_path):
     run(models.build('decoder', variant, **kw, vocab_pad_multiple=-1), params)
 
 
+@pytest.mark.parametrize('tie', [True, False])
+def test_compute_dtype_logits_round_the_float32_ones_and_train_alike(tie):
+  """logits_dtype='compute': bf16 logits (the float32 accumulators rounded, as torch autocast
+  writes them); the chunked loss over the padded table matches the float32-logits path to bf16
+  precision, its gradients point the same way, and the padded rows still get none."""
+  kw = dict(num_layers=1, embed_dim=32, num_heads=4, mlp_dim=64, vocab_size=100,
+            vocab_pad_multiple=64, dropout_rate=0.0, dtype='bfloat16', tie_embeddings=tie)
+  f32 = models.build('decoder', 'runlocal', **kw)
+  bf16 = models.build('decoder', 'runlocal', **kw, logits_dtype='compute')
+  seg = jnp.asarray(PADDED)
+  tokens = jnp.where(seg > 0, (jnp.arange(L)[None, :] * 7 + 1) % 95 + 5, 0)
+  positions = jnp.broadcast_to(jnp.arange(L)[None, :], seg.shape)
+  params = nn.unbox(f32.init(jax.random.key(0), tokens, segment_ids=seg,
+                            positions=positions)['params'])
+  run = lambda m: m.apply({'params': params}, tokens, segment_ids=seg, positions=positions)
+  ref, out = run(f32)['logits'], run(bf16)['logits']
+  assert ref.dtype == jnp.float32 and out.dtype == jnp.bfloat16 and out.shape == (3, L, 100)
+  # One rounding of the same float32 accumulators: within half a bf16 ulp (2^-9 relative).
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2.0 ** -8, atol=1e-6)
+  batch = clm.corrupt(None, dict(tokens=tokens, segment_ids=seg, positions=positions),
+                      specials=SpecialIds(vocab_size=100))
+  options = clm.Options(loss_chunk_size=8)
+  grad = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: clm.loss(p, batch, None, model=m, options=options)[0]))(params)
+  (ref_loss, ref_g), (loss, g) = grad(f32), grad(bf16)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-2)
+  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(t)])
+  a, b = flat(g), flat(ref_g)
+  assert np.all(np.isfinite(a)) and a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+  table = g['token_embed']['embedding'] if tie else g['lm_head']['kernel'].T
+  assert not np.any(table[100:])  # the padded rows are no tokens: no gradient reaches them
+  # The loss reads the bf16 logits: the projection's matmul writes bf16.
+  jaxpr = str(jax.make_jaxpr(lambda p: clm.loss(p, batch, None, model=bf16, options=options)[0])(
+      params))
+  assert 'preferred_element_type=bfloat16' in jaxpr
+  with pytest.raises(ValueError, match="logits_dtype='bf16'; use one of float32, compute"):
+    models.build('decoder', 'runlocal', **{**kw, 'logits_dtype': 'bf16'}).init(
+        jax.random.key(0), tokens, segment_ids=seg, positions=positions)
+
+
 def test_benchmark_variants_flag():
   import os
   import sys
@@ -385,6 +425,12 @@ def test_benchmark_variants_flag():
   import throughput
   args = throughput.parse_args(['--variants', 'default;mask=lengths,loss_chunk=1024,vocab_pad=128'])
   assert args.variant_list == [{}, dict(mask='lengths', loss_chunk=1024, vocab_pad=128)]
+  assert throughput.parse_variants('logits=compute') == [dict(logits='compute')]
+  gpt, bert = dict(family='decoder', objective='clm'), dict(family='encoder', objective='mlm')
+  assert throughput.applied_options(gpt, dict(logits='compute')) == dict(logits='compute')
+  assert throughput.applied_options(bert, dict(logits='compute')) == {}
+  with pytest.raises(ValueError, match='logits='):
+    throughput.parse_variants('logits=bf16')
   ours = [s for s in throughput.build_plan(args) if s['kind'] == 'ours']
   assert len(ours) == 2 * 3  # 2 variants x 3 workloads
   with pytest.raises(ValueError, match="'flash' in 'flash=1'; keys: mask, loss_chunk, vocab_pad"):

@@ -14,9 +14,10 @@ _INPUT_GRAD = {'vd': '...v,vd->...d', 'dv': '...v,dv->...d'}
 _WEIGHT_GRAD = {'vd': '...d,...v->vd', 'dv': '...d,...v->dv'}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def vocab_logits(x_ND, w, layout: str, keep: int):
-  """Float32 logits `x @ W` over the first `keep` vocabulary entries; backward in x's dtype.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def vocab_logits(x_ND, w, layout: str, keep: int, out_dtype: Any = jnp.float32):
+  """Logits `x @ W` over the first `keep` vocabulary entries (float32 unless `out_dtype` says
+  otherwise); backward in x's dtype.
 
   `w` is `[V, D]` (layout 'vd', an embedding table) or `[D, V]` ('dv', a head kernel), already
   in the compute dtype. Forward: one matmul in that dtype with float32 accumulation and output,
@@ -27,18 +28,24 @@ def vocab_logits(x_ND, w, layout: str, keep: int):
   to the compute dtype first (as mixed-precision training rounds every other gradient) and padded
   there, so both backward matmuls run in bf16 with float32 accumulation. In float32 compute this
   is exactly autodiff.
+
+  `out_dtype=bfloat16` (the decoder's `logits_dtype='compute'`) has the matmul write its float32
+  accumulators rounded to bf16, as the PyTorch reference does under autocast: the losses read
+  the logits in float32 registers either way (`objectives.common`), but every pass over the
+  vocabulary then moves half the bytes.
   """
-  return _vocab_logits_fwd(x_ND, w, layout, keep)[0]
+  return _vocab_logits_fwd(x_ND, w, layout, keep, out_dtype)[0]
 
 
-def _vocab_logits_fwd(x_ND, w, layout, keep):
-  logits = jnp.einsum(_FORWARD[layout], x_ND, w, preferred_element_type=jnp.float32)
+def _vocab_logits_fwd(x_ND, w, layout, keep, out_dtype):
+  logits = jnp.einsum(_FORWARD[layout], x_ND, w, preferred_element_type=out_dtype)
   if keep < logits.shape[-1]:
     logits = logits[..., :keep]
   return logits, (x_ND, w)
 
 
-def _vocab_logits_bwd(layout, keep, residuals, g):
+def _vocab_logits_bwd(layout, keep, out_dtype, residuals, g):
+  del out_dtype  # the cotangent is cast to the compute dtype whatever the logits' dtype
   x_ND, w = residuals
   g = g.astype(x_ND.dtype)
   vocab = w.shape[0] if layout == 'vd' else w.shape[1]
@@ -73,10 +80,11 @@ class Embed(nn.Module):
     # 'clip' instead of jnp.take's NaN fill: a NaN in a masked key would still poison probs @ V.
     return jnp.take(self.embedding, ids_BL, axis=0, mode='clip').astype(self.dtype)
 
-  def attend(self, x_BLD: jnp.ndarray, keep: int | None = None) -> jnp.ndarray:
-    """Tied output projection: `[..., D] -> [..., keep]` float32 logits (`vocab_logits`)."""
+  def attend(self, x_BLD: jnp.ndarray, keep: int | None = None,
+             out_dtype: Any = jnp.float32) -> jnp.ndarray:
+    """Tied output projection: `[..., D] -> [..., keep]` logits (`vocab_logits`, float32 default)."""
     return vocab_logits(x_BLD.astype(self.dtype), self.embedding.astype(self.dtype), 'vd',
-                        self.num_embeddings if keep is None else keep)
+                        self.num_embeddings if keep is None else keep, out_dtype)
 
 
 class VocabProjection(nn.Module):
@@ -89,8 +97,9 @@ class VocabProjection(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
-  def __call__(self, x_BLD: jnp.ndarray, keep: int | None = None) -> jnp.ndarray:
+  def __call__(self, x_BLD: jnp.ndarray, keep: int | None = None,
+               out_dtype: Any = jnp.float32) -> jnp.ndarray:
     kernel = self.param('kernel', self.kernel_init, (x_BLD.shape[-1], self.features),
                         self.param_dtype)
     return vocab_logits(x_BLD.astype(self.dtype), kernel.astype(self.dtype), 'dv',
-                        self.features if keep is None else keep)
+                        self.features if keep is None else keep, out_dtype)

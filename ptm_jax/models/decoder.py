@@ -19,6 +19,9 @@ from ptm_jax.layers import attention, blocks, embeddings, masks, norms
 from ptm_jax.layers import positions as positions_lib
 
 
+LOGITS_DTYPES = ('float32', 'compute')
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context)."""
@@ -28,6 +31,10 @@ class Config:
   # with 128), so the vocabulary matmuls have tensor-core-friendly shapes; logits are sliced
   # back to vocab_size, so losses and generation never see the extra rows. 0 = no padding.
   vocab_pad_multiple: int = 0
+  # dtype of the LM head's logits: 'float32', or 'compute' (the compute dtype, e.g. bf16: the
+  # matmul rounds its float32 accumulators on output, as torch autocast does; the loss still
+  # reduces in float32 and every pass over [tokens, vocab] moves half the bytes).
+  logits_dtype: str = 'float32'
   embed_dim: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -114,6 +121,8 @@ class Model(nn.Module):
       raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
     if cfg.vocab_pad_multiple < 0:
       raise ValueError(f'vocab_pad_multiple={cfg.vocab_pad_multiple} must be >= 0 (0 = off)')
+    if cfg.logits_dtype not in LOGITS_DTYPES:
+      raise ValueError(f'logits_dtype={cfg.logits_dtype!r}; use one of {", ".join(LOGITS_DTYPES)}')
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
     self.token_embed = embeddings.Embed(cfg.padded_vocab_size, cfg.embed_dim,
@@ -197,7 +206,8 @@ class Model(nn.Module):
     return hidden_BLD, (tuple(states) if output_hidden_states else None)
 
   def lm_logits(self, hidden_BLD: jnp.ndarray, keep_padding: bool = False) -> jnp.ndarray:
-    """Float32 next-token logits `[B, L, V]` (tied to token_embed unless `tie_embeddings=False`).
+    """Next-token logits `[B, L, V]` (float32 unless `logits_dtype='compute'`; tied to
+    token_embed unless `tie_embeddings=False`).
 
     The padded rows are no tokens: the projection keeps the first vocab_size columns, so no
     loss, argmax or sampler ever sees them and they get no gradient. `keep_padding=True` returns
@@ -206,10 +216,11 @@ class Model(nn.Module):
     """
     cfg = self.config
     keep = cfg.padded_vocab_size if keep_padding else cfg.vocab_size
+    out_dtype = jnp.float32 if cfg.logits_dtype == 'float32' else jnp.dtype(cfg.dtype)
     if cfg.tie_embeddings:
-      logits_BLV = self.token_embed.attend(hidden_BLD, keep=keep)
+      logits_BLV = self.token_embed.attend(hidden_BLD, keep=keep, out_dtype=out_dtype)
     else:
-      logits_BLV = self.lm_head(hidden_BLD, keep=keep)
+      logits_BLV = self.lm_head(hidden_BLD, keep=keep, out_dtype=out_dtype)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
   def __call__(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray, positions: jnp.ndarray,
