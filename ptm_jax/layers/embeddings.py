@@ -82,7 +82,8 @@ class Embed(nn.Module):
 
   def attend(self, x_BLD: jnp.ndarray, keep: int | None = None,
              out_dtype: Any = jnp.float32) -> jnp.ndarray:
-    """Tied output projection: `[..., D] -> [..., keep]` logits (`vocab_logits`, float32 default)."""
+    """Tied output projection: `[..., D] -> [..., keep]` logits (`vocab_logits`: float32 unless
+    `out_dtype`)."""
     return vocab_logits(x_BLD.astype(self.dtype), self.embedding.astype(self.dtype), 'vd',
                         self.num_embeddings if keep is None else keep, out_dtype)
 
