@@ -12,7 +12,7 @@ from __future__ import annotations
 # child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
 # drawn from it); reduce: how the loss's vocabulary reductions run
 # (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU); logits: decoder
-# Config.logits_dtype ('compute' = bf16 logits, decoder only). Keys a workload lacks are ignored.
+# Config.logits_dtype ('compute' = bf16 logits; every family). Keys a workload lacks are ignored.
 VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
@@ -55,9 +55,9 @@ def parse_variants(text: str) -> list[dict]:
 
 
 def applied_options(wl: dict, options: dict) -> dict:
-  """The --variants options this workload has (vocab_pad, logits: decoder; loss_chunk: CLM)."""
-  keep = {'mask', 'prng', 'reduce'}
-  keep |= {'vocab_pad', 'logits'} if wl['family'] == 'decoder' else set()
+  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
+  keep = {'mask', 'prng', 'reduce', 'logits'}
+  keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
   keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
   return {k: v for k, v in options.items() if k in keep}
 

@@ -23,7 +23,6 @@ import pytest
 
 from ptm_jax import models
 from ptm_jax.interop import hf as interop_hf, maps
-from ptm_jax.models import decoder
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.layers import attention, masks
 from ptm_jax.objectives import bart, clm, common, mass, prefix_lm, span_corruption
@@ -403,10 +402,7 @@ def test_compute_dtype_logits_round_the_float32_ones_and_train_alike(tie):
   grad = lambda m: jax.jit(jax.value_and_grad(
       lambda p: clm.loss(p, batch, None, model=m, options=options)[0]))(params)
   (ref_loss, ref_g), (loss, g) = grad(f32), grad(bf16)
-  np.testing.assert_allclose(loss, ref_loss, rtol=1e-2)
-  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(t)])
-  a, b = flat(g), flat(ref_g)
-  assert np.all(np.isfinite(a)) and a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+  _close_and_aligned(loss, ref_loss, g, ref_g)
   table = g['token_embed']['embedding'] if tie else g['lm_head']['kernel'].T
   assert not np.any(table[100:])  # the padded rows are no tokens: no gradient reaches them
   # The loss reads the bf16 logits: the projection's matmul writes bf16.
@@ -416,6 +412,78 @@ def test_compute_dtype_logits_round_the_float32_ones_and_train_alike(tie):
   with pytest.raises(ValueError, match="logits_dtype='bf16'; use one of float32, compute"):
     models.build('decoder', 'runlocal', **{**kw, 'logits_dtype': 'bf16'}).init(
         jax.random.key(0), tokens, segment_ids=seg, positions=positions)
+
+
+def _close_and_aligned(loss, ref_loss, grads, ref_grads):
+  """Within bf16 rounding of the float32-logits path: loss to 1 %, gradients to cosine 0.99."""
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-2)
+  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(t)])
+  a, b = flat(grads), flat(ref_grads)
+  assert np.all(np.isfinite(a)) and a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+
+
+@pytest.mark.parametrize('family', ['encoder', 'albert'])
+def test_compute_dtype_mlm_logits_keep_the_bias_in_float32(family):
+  """BERT's and ALBERT's MLM heads with logits_dtype='compute': bf16 logits over the sparse slab,
+  the output bias added in float32 before the rounding; the MLM loss and its gradients match the
+  float32-logits path to bf16 precision."""
+  from ptm_jax.objectives import mlm
+  kw = dict(num_layers=1, embed_dim=32, num_heads=4, mlp_dim=64, vocab_size=100, dropout_rate=0.0,
+            dtype='bfloat16')
+  f32, bf16 = (models.build(family, 'runlocal', **kw, logits_dtype=d)
+               for d in ('float32', 'compute'))
+  seg = jnp.asarray(PADDED)
+  tokens = jnp.where(seg > 0, (jnp.arange(L)[None, :] * 7 + 1) % 95 + 5, 0)
+  positions = jnp.broadcast_to(jnp.arange(L)[None, :], seg.shape)
+  params = nn.unbox(f32.init(jax.random.key(0), tokens, segment_ids=seg,
+                            positions=positions)['params'])
+  params['mlm_head']['bias'] = jax.random.normal(jax.random.key(2), (100,))  # a bias that shows
+  batch = mlm.corrupt(jax.random.key(3), dict(tokens=tokens, segment_ids=seg, positions=positions),
+                      specials=SpecialIds(vocab_size=100))
+  run = lambda m: m.apply({'params': params}, batch['inputs'], segment_ids=seg, positions=positions,
+                          logits_positions=batch['mlm_positions'])['logits']
+  ref, out = run(f32), run(bf16)
+  assert ref.dtype == jnp.float32 and out.dtype == jnp.bfloat16
+  # Two roundings, the matmul's output and then its sum with the float32 bias: each within
+  # half an ulp, i.e. 2^-8 of the value rounded.
+  pre_bias = np.abs(np.asarray(ref) - np.asarray(params['mlm_head']['bias']))
+  error = np.abs(np.asarray(out, np.float32) - ref)
+  assert np.all(error <= 2.0 ** -8 * (pre_bias + np.abs(ref)) + 1e-6), error.max()
+  grad = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: mlm.loss(p, batch, None, model=m)[0]))(params)
+  (ref_loss, ref_g), (loss, g) = grad(f32), grad(bf16)
+  _close_and_aligned(loss, ref_loss, g, ref_g)
+
+
+def test_compute_dtype_logits_in_the_encoder_decoder():
+  """T5 (tied) and BART (final_logits_bias) heads with logits_dtype='compute': bf16 logits within
+  half an ulp of the float32 ones; span corruption's chunked loss matches to bf16 precision."""
+  le, ld = 12, 10
+  enc_seg = jnp.asarray((np.arange(le)[None, :] < np.array([[le], [7], [4]])).astype(np.int32))
+  dec_seg = jnp.asarray((np.arange(ld)[None, :] < np.array([[ld], [6], [3]])).astype(np.int32))
+  pos = lambda seg: jnp.where(seg > 0, jnp.arange(seg.shape[1])[None, :], 0)
+  batch = dict(inputs=jnp.where(enc_seg > 0, (jnp.arange(le)[None, :] * 7 + 3) % 90 + 5, 0),
+               targets=jnp.where(dec_seg > 0, (jnp.arange(ld)[None, :] * 5 + 1) % 90 + 5, 0),
+               input_segment_ids=enc_seg, target_segment_ids=dec_seg,
+               input_positions=pos(enc_seg), target_positions=pos(dec_seg),
+               weights=dec_seg.astype(jnp.float32))
+  for variant in ('t5_runlocal', 'bart_runlocal'):
+    kw = dict(num_encoder_layers=1, num_decoder_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
+              vocab_size=100, dropout_rate=0.0, dtype='bfloat16')
+    f32, bf16 = (models.build('encdec', variant, **kw, logits_dtype=d)
+                 for d in ('float32', 'compute'))
+    params = f32.init(jax.random.key(0), batch['inputs'], batch['targets'],
+                      encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)['params']
+    run = lambda m: m.apply({'params': params}, batch['inputs'], batch['targets'],  # noqa: B023
+                            encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)['logits']
+    ref, out = run(f32), run(bf16)
+    assert out.dtype == jnp.bfloat16, variant
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2.0 ** -8, atol=1e-6)
+    options = span_corruption.Options(loss_chunk_size=4)
+    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: span_corruption.loss(  # noqa: B023
+        p, batch, None, model=m, specials=SpecialIds(vocab_size=100), options=options)[0]))(params)
+    (ref_loss, ref_g), (loss, g) = grad(f32), grad(bf16)
+    _close_and_aligned(loss, ref_loss, g, ref_g)
 
 
 def test_benchmark_variants_flag():
@@ -428,7 +496,8 @@ def test_benchmark_variants_flag():
   assert throughput.parse_variants('logits=compute') == [dict(logits='compute')]
   gpt, bert = dict(family='decoder', objective='clm'), dict(family='encoder', objective='mlm')
   assert throughput.applied_options(gpt, dict(logits='compute')) == dict(logits='compute')
-  assert throughput.applied_options(bert, dict(logits='compute')) == {}
+  assert throughput.applied_options(bert, dict(logits='compute', vocab_pad=128)) == dict(
+      logits='compute')
   with pytest.raises(ValueError, match='logits='):
     throughput.parse_variants('logits=bf16')
   ours = [s for s in throughput.build_plan(args) if s['kind'] == 'ours']

@@ -12,6 +12,18 @@ import jax.numpy as jnp
 _FORWARD = {'vd': '...d,vd->...v', 'dv': '...d,dv->...v'}
 _INPUT_GRAD = {'vd': '...v,vd->...d', 'dv': '...v,dv->...d'}
 _WEIGHT_GRAD = {'vd': '...d,...v->vd', 'dv': '...d,...v->dv'}
+# A family Config's `logits_dtype`: 'float32', or 'compute' (its compute dtype, e.g. bf16: the
+# vocabulary matmul rounds its float32 accumulators on output, as torch autocast does; the losses
+# still reduce in float32, and every pass over [tokens, vocab] moves half the bytes).
+LOGITS_DTYPES = ('float32', 'compute')
+
+
+def logits_dtype(cfg) -> jnp.dtype:
+  """The dtype a family writes its vocabulary logits in (`cfg.logits_dtype`, default float32)."""
+  name = getattr(cfg, 'logits_dtype', 'float32')
+  if name not in LOGITS_DTYPES:
+    raise ValueError(f'logits_dtype={name!r}; use one of {", ".join(LOGITS_DTYPES)}')
+  return jnp.dtype(jnp.float32) if name == 'float32' else jnp.dtype(cfg.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -56,6 +56,7 @@ class Config:
   initializer_range: float = 0.02
   dtype: Any = 'float32'
   param_dtype: Any = 'float32'
+  logits_dtype: str = 'float32'  # MLM logits; or 'compute' (e.g. bf16): embeddings.LOGITS_DTYPES
   remat: bool = False
   attention_impl: str | None = None
 

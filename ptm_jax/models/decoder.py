@@ -19,9 +19,6 @@ from ptm_jax.layers import attention, blocks, embeddings, masks, norms
 from ptm_jax.layers import positions as positions_lib
 
 
-LOGITS_DTYPES = ('float32', 'compute')
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context)."""
@@ -31,10 +28,7 @@ class Config:
   # with 128), so the vocabulary matmuls have tensor-core-friendly shapes; logits are sliced
   # back to vocab_size, so losses and generation never see the extra rows. 0 = no padding.
   vocab_pad_multiple: int = 0
-  # dtype of the LM head's logits: 'float32', or 'compute' (the compute dtype, e.g. bf16: the
-  # matmul rounds its float32 accumulators on output, as torch autocast does; the loss still
-  # reduces in float32 and every pass over [tokens, vocab] moves half the bytes).
-  logits_dtype: str = 'float32'
+  logits_dtype: str = 'float32'  # or 'compute' (e.g. bf16 logits): embeddings.LOGITS_DTYPES
   embed_dim: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -121,8 +115,7 @@ class Model(nn.Module):
       raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
     if cfg.vocab_pad_multiple < 0:
       raise ValueError(f'vocab_pad_multiple={cfg.vocab_pad_multiple} must be >= 0 (0 = off)')
-    if cfg.logits_dtype not in LOGITS_DTYPES:
-      raise ValueError(f'logits_dtype={cfg.logits_dtype!r}; use one of {", ".join(LOGITS_DTYPES)}')
+    embeddings.logits_dtype(cfg)  # a bad name fails here, not at the first loss
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
     self.token_embed = embeddings.Embed(cfg.padded_vocab_size, cfg.embed_dim,
@@ -216,7 +209,7 @@ class Model(nn.Module):
     """
     cfg = self.config
     keep = cfg.padded_vocab_size if keep_padding else cfg.vocab_size
-    out_dtype = jnp.float32 if cfg.logits_dtype == 'float32' else jnp.dtype(cfg.dtype)
+    out_dtype = embeddings.logits_dtype(cfg)
     if cfg.tie_embeddings:
       logits_BLV = self.token_embed.attend(hidden_BLD, keep=keep, out_dtype=out_dtype)
     else:

@@ -76,6 +76,7 @@ class Config:
   decoder_start_id: int = 0  # first decoder input when generating (T5: pad = 0; BART: eos = 2)
   dtype: Any = 'float32'  # compute dtype
   param_dtype: Any = 'float32'
+  logits_dtype: str = 'float32'  # or 'compute' (e.g. bf16 logits): embeddings.LOGITS_DTYPES
   remat: bool = False
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
 
@@ -275,16 +276,17 @@ class Model(nn.Module):
     return self._finish(x_BLD, 'decoder', deterministic)
 
   def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
-    """Float32 next-token logits `[B, L, V]` from the decoder output."""
+    """Next-token logits `[B, L, V]` from the decoder output (float32 unless `logits_dtype`)."""
     cfg = self.config
+    out_dtype = embeddings.logits_dtype(cfg)
     if cfg.scale_decoder_output:
       hidden_BLD = hidden_BLD * jnp.asarray(cfg.embed_dim ** -0.5, hidden_BLD.dtype)
     if cfg.tie_embeddings:
-      logits_BLV = self.token_embed.attend(hidden_BLD)
+      logits_BLV = self.token_embed.attend(hidden_BLD, out_dtype=out_dtype)
     else:
-      logits_BLV = self.lm_head(hidden_BLD)
+      logits_BLV = self.lm_head(hidden_BLD, out_dtype=out_dtype)
     if cfg.logits_bias:
-      logits_BLV = self.logits_bias(logits_BLV)
+      logits_BLV = self.logits_bias(logits_BLV).astype(out_dtype)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
   def __call__(self, encoder_tokens: jnp.ndarray, decoder_tokens: jnp.ndarray | None = None, *,

@@ -61,6 +61,7 @@ class Config:
   initializer_range: float = 0.02
   dtype: Any = 'float32'  # compute dtype
   param_dtype: Any = 'float32'
+  logits_dtype: str = 'float32'  # MLM logits; or 'compute' (e.g. bf16): embeddings.LOGITS_DTYPES
   remat: bool = False
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
   # How the padding × segment mask reaches the kernel (layers.masks.SegmentMask): 'dense' (any
@@ -112,15 +113,18 @@ class MLMHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, decode) -> jnp.ndarray:
-    """`decode` maps `[B, L, D]` to tied float32 logits (the token embedding's `attend`)."""
+    """`decode` maps `[B, L, D]` to tied logits (the token embedding's `attend`), float32 unless
+    the config's `logits_dtype` is 'compute'; the output bias is added in float32 either way."""
     cfg, dt = self.config, dtypes(self.config)
+    out_dtype = embeddings.logits_dtype(cfg)
     h = mlp.dense(self.width or cfg.embed_dim, self.axes, use_bias=True,
                   stddev=cfg.initializer_range, name='dense', **dt)(x_BLD)
     h = mlp.activation(cfg.activation)(h)
     h = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(h)
     bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                         (cfg.vocab_size,), dt['param_dtype'])
-    logits_BLV = decode(h) + bias_V.astype(jnp.float32)[None, None, :]
+    logits_BLV = (decode(h, out_dtype=out_dtype).astype(jnp.float32)
+                  + bias_V.astype(jnp.float32)[None, None, :]).astype(out_dtype)
     return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
 
 
@@ -254,7 +258,7 @@ class Model(nn.Module):
     return x_BLD, (tuple(states) if output_hidden_states else None)
 
   def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
-    """Float32 MLM logits `[B, L, V]` from the last hidden state."""
+    """MLM logits `[B, L, V]` from the last hidden state (float32 unless `logits_dtype`)."""
     table = self.token_embed if self.config.tie_embeddings else self.mlm_decoder
     return self.mlm_head(hidden_BLD, table.attend)
 
