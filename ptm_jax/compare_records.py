@@ -74,8 +74,12 @@ class Store:
       self.dirs.append(os.path.abspath(os.path.expanduser(records_dir)))
 
   def get(self, unit: str, expected: str) -> dict[str, Any] | None:
-    """The unit's record if one exists and matches `expected`; None if none exists."""
-    for directory in self.dirs[::-1]:  # records_dir first: it is what the user pointed at
+    """The unit's record if one exists and matches `expected`; None if none exists.
+
+    A record found only beside the run (a unit finished before `records_dir` was set) is copied
+    to `records_dir`, so that directory ends up holding the whole comparison.
+    """
+    for k, directory in enumerate(self.dirs[::-1]):  # records_dir first: what the user named
       path = os.path.join(directory, f'{unit}.json')
       if not os.path.exists(path):
         continue
@@ -89,6 +93,8 @@ class Store:
         raise ValueError(f'comparison record {path} was made with another configuration '
                          f'(fingerprint {record.get("fingerprint")}, this run {expected}); move it '
                          'away or point comparison.records_dir elsewhere')
+      if k and len(self.dirs) > 1:
+        self._write(self.dirs[-1], unit, record)
       return record
     return None
 
@@ -100,14 +106,19 @@ class Store:
               # Run directories relative to the comparison's workdir: no machine's path is kept.
               'rows': [dict(r, workdir=os.path.relpath(r['workdir'], workdir))
                        if 'workdir' in r else r for r in rows]}
-    if jax.process_index() == 0:
-      for directory in self.dirs:
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f'.{unit}.json.tmp')
-        with open(tmp, 'w', encoding='utf-8') as f:
-          json.dump(record, f, indent=1, default=float)
-        os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
+    for directory in self.dirs:
+      self._write(directory, unit, record)
     return record
+
+  @staticmethod
+  def _write(directory: str, unit: str, record: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+      return
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f'.{unit}.json.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=1, default=float)
+    os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
 
 
 class TimeBudget:

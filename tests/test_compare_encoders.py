@@ -187,6 +187,10 @@ def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
   store.put('mlm', key, {'steps': 3}, [row], str(tmp_path / 'work'))
   assert store.get('mlm', key)['rows'][0]['workdir'] == os.path.join('mlm', 'rt_sentiment')
   assert os.path.exists(tmp_path / 'work' / 'records' / 'mlm.json')  # kept beside the run too
+  # A record made before records_dir was set is found beside the run and copied there.
+  later = records.Store(str(tmp_path / 'work'), str(tmp_path / 'later'))
+  assert later.get('mlm', key)['result'] == {'steps': 3}
+  assert os.path.exists(tmp_path / 'later' / 'mlm.json')
   # Where the data lives or how the devices are laid out does not change the numbers ...
   moved = _comparison(**{'data.data_dir': '/elsewhere', 'mesh.preset': 'fsdp'})
   assert records.fingerprint(moved, 1e12, VOCAB) == key
