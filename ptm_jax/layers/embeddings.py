@@ -41,7 +41,7 @@ def vocab_logits(x_ND, w, layout: str, keep: int, out_dtype: Any = jnp.float32):
   there, so both backward matmuls run in bf16 with float32 accumulation. In float32 compute this
   is exactly autodiff.
 
-  `out_dtype=bfloat16` (the decoder's `logits_dtype='compute'`) has the matmul write its float32
+  `out_dtype=bfloat16` (a family's `logits_dtype='compute'`) has the matmul write its float32
   accumulators rounded to bf16, as the PyTorch reference does under autocast: the losses read
   the logits in float32 registers either way (`objectives.common`), but every pass over the
   vocabulary then moves half the bytes.
