@@ -17,6 +17,9 @@ VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
 LOGITS = ('float32', 'compute')
+# The keys that take a name; the others (loss_chunk, vocab_pad) take a non-negative integer.
+CHOICES = {'mask': ('dense', 'lengths', 'packed'), 'prng': PRNG_IMPLS, 'reduce': REDUCTIONS,
+           'logits': LOGITS}
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -30,21 +33,9 @@ def parse_variants(text: str) -> list[dict]:
       if key not in VARIANT_KEYS:
         raise ValueError(f'--variants: unknown key {key!r} in {item!r}; keys: '
                          f'{", ".join(VARIANT_KEYS)}')
-      if key == 'mask':
-        if value not in ('dense', 'lengths', 'packed'):
-          raise ValueError(f'--variants: mask={value!r}; use dense, lengths or packed')
-        opts[key] = value
-      elif key == 'prng':
-        if value not in PRNG_IMPLS:
-          raise ValueError(f'--variants: prng={value!r}; use one of {", ".join(PRNG_IMPLS)}')
-        opts[key] = value
-      elif key == 'reduce':
-        if value not in REDUCTIONS:
-          raise ValueError(f'--variants: reduce={value!r}; use one of {", ".join(REDUCTIONS)}')
-        opts[key] = value
-      elif key == 'logits':
-        if value not in LOGITS:
-          raise ValueError(f'--variants: logits={value!r}; use one of {", ".join(LOGITS)}')
+      if key in CHOICES:
+        if value not in CHOICES[key]:
+          raise ValueError(f'--variants: {key}={value!r}; use one of {", ".join(CHOICES[key])}')
         opts[key] = value
       elif value.isdigit():
         opts[key] = int(value)

@@ -279,11 +279,8 @@ def test_chunked_loss_in_the_objectives_equals_unchunked(objective):
     objective.Options(loss_chunk_size=-1)
 
 
-@pytest.mark.parametrize('objective,variant', [(span_corruption, 't5_runlocal'),
-                                               (bart, 'bart_runlocal'), (mass, 'bart_runlocal')])
-def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, variant):
-  """T5 / BART / MASS with `loss_chunk_size`: same loss, metrics and gradients, no [B, Ld, V]."""
-  le, ld = 12, 10
+def _seq2seq_batch(le: int = 12, ld: int = 10):
+  """A corrupted-format encoder-decoder batch of 3 rows with right padding on both sides."""
   enc_seg = jnp.asarray((np.arange(le)[None, :] < np.array([[le], [7], [4]])).astype(np.int32))
   dec_seg = jnp.asarray((np.arange(ld)[None, :] < np.array([[ld], [6], [3]])).astype(np.int32))
   pos = lambda seg: jnp.where(seg > 0, jnp.arange(seg.shape[1])[None, :], 0)
@@ -292,6 +289,14 @@ def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, vari
                input_segment_ids=enc_seg, target_segment_ids=dec_seg,
                input_positions=pos(enc_seg), target_positions=pos(dec_seg),
                weights=dec_seg.astype(jnp.float32))
+  return batch, enc_seg, dec_seg
+
+
+@pytest.mark.parametrize('objective,variant', [(span_corruption, 't5_runlocal'),
+                                               (bart, 'bart_runlocal'), (mass, 'bart_runlocal')])
+def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, variant):
+  """T5 / BART / MASS with `loss_chunk_size`: same loss, metrics and gradients, no [B, Ld, V]."""
+  batch, enc_seg, dec_seg = _seq2seq_batch()
   model = models.build('encdec', variant, num_encoder_layers=1, num_decoder_layers=1,
                        embed_dim=32, num_heads=2, mlp_dim=64, vocab_size=100, dropout_rate=0.0)
   params = model.init(jax.random.key(0), batch['inputs'], batch['targets'],
@@ -313,7 +318,7 @@ def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, vari
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   out = model.apply({'params': params}, batch['inputs'], batch['targets'],
                     encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg, compute_logits=False)
-  assert 'logits' not in out and out['hidden'].shape == (3, ld, 32)
+  assert 'logits' not in out and out['hidden'].shape == (3, dec_seg.shape[1], 32)
   with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
     objective.Options(loss_chunk_size=-1)
 
@@ -458,15 +463,7 @@ def test_compute_dtype_mlm_logits_keep_the_bias_in_float32(family):
 def test_compute_dtype_logits_in_the_encoder_decoder():
   """T5 (tied) and BART (final_logits_bias) heads with logits_dtype='compute': bf16 logits within
   half an ulp of the float32 ones; span corruption's chunked loss matches to bf16 precision."""
-  le, ld = 12, 10
-  enc_seg = jnp.asarray((np.arange(le)[None, :] < np.array([[le], [7], [4]])).astype(np.int32))
-  dec_seg = jnp.asarray((np.arange(ld)[None, :] < np.array([[ld], [6], [3]])).astype(np.int32))
-  pos = lambda seg: jnp.where(seg > 0, jnp.arange(seg.shape[1])[None, :], 0)
-  batch = dict(inputs=jnp.where(enc_seg > 0, (jnp.arange(le)[None, :] * 7 + 3) % 90 + 5, 0),
-               targets=jnp.where(dec_seg > 0, (jnp.arange(ld)[None, :] * 5 + 1) % 90 + 5, 0),
-               input_segment_ids=enc_seg, target_segment_ids=dec_seg,
-               input_positions=pos(enc_seg), target_positions=pos(dec_seg),
-               weights=dec_seg.astype(jnp.float32))
+  batch, enc_seg, dec_seg = _seq2seq_batch()
   for variant in ('t5_runlocal', 'bart_runlocal'):
     kw = dict(num_encoder_layers=1, num_decoder_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
               vocab_size=100, dropout_rate=0.0, dtype='bfloat16')

@@ -44,9 +44,8 @@ def prepare(config, data_dir: str = '') -> dict[str, int]:
     tokenizer = tokenizers.load_or_train(cfg.data.tokenizer, cfg.data)
     if cfg.data.source in downstream.TASKS or not int(cfg.train.steps):
       continue  # a labelled source is prepared with the tasks below; steps=0 pretrains nothing
-    splits = [('train', True)] + ([(cfg.train.eval_split, False)] if cfg.train.get('eval_every')
-                                   or 'comparison' in config else [])
-    for split, repeat in splits:
+    # The held-out split too, whether or not this config evaluates: a flag override may.
+    for split, repeat in (('train', True), (cfg.train.eval_split, False)):
       it = loader.make_iterator(cfg.data, tokenizer, split=split,
                                 global_batch_size=int(cfg.train.batch_size), seed=int(cfg.seed),
                                 repeat=repeat)
