@@ -44,6 +44,7 @@ from ptm_jax import compare_report as report
 from ptm_jax import flops as flops_lib
 from ptm_jax import models
 from ptm_jax import train
+from ptm_jax.data import corpus_stats
 from ptm_jax.data import tokenizers
 from ptm_jax.tasks import finetune
 
@@ -62,6 +63,9 @@ SHARED_DATA_FIELDS = ('source', 'seq_len', 'data_dir', 'shuffle', 'shuffle_seed'
 SHARED_TRAIN_FIELDS = ('batch_size', 'grad_accum', 'log_every', 'eval_batches', 'eval_batch_size',
                        'eval_split')
 
+
+# Passes over the pretraining corpus past which the plan warns (BERT's budget was ~40).
+MANY_EPOCHS = 50
 
 _T0 = [time.time()]
 
@@ -228,8 +232,17 @@ def _run(config, workdir: str) -> dict[str, Any]:
   tokenizer = tokenizers.load_or_train(config.data.tokenizer, config.data)
   members, budget = plan(config, tokenizer.vocab_size)
   cmp = config.comparison
+  corpus = corpus_stats.train_tokens(config.data.source, tokenizer, config.data.get('data_dir', ''))
+  epochs = {m.name: corpus.epochs(m.steps * int(m.config.train.batch_size)
+                                  * int(m.config.data.seq_len)) for m in members}
   _say(f'{len(members)} members, budget {budget:.3e} FLOPs = {cmp.reference_steps} '
-       f'steps of {cmp.reference}; steps: ' + ', '.join(f'{m.name} {m.steps}' for m in members))
+       f'steps of {cmp.reference}; steps (epochs over the {corpus.total:,}-token train split): '
+       + ', '.join(f'{m.name} {m.steps} ({epochs[m.name]:.1f})' for m in members))
+  most = max(epochs, key=epochs.get)
+  if epochs[most] > MANY_EPOCHS:  # a budget past this mostly measures memorising a small corpus
+    logging.warning('%s passes over the train split %.0f times (BERT: ~40); a larger corpus or a '
+                    'smaller comparison.reference_steps keeps the budget about pretraining', most,
+                    epochs[most])
   reference = next(m for m in members if m.name == cmp.reference)
   # The units in the order they run: the baseline first (the floor every member is read against).
   units: list[Member | None] = [None, *members]
@@ -274,7 +287,8 @@ def _run(config, workdir: str) -> dict[str, Any]:
     rows += [dict(r, member=name) for r in record['rows']]
     made[name] = record['made']
   missing = [n for n in names if n not in made]
-  return _finish(config, workdir, members, results, rows, missing=missing, made=made)
+  return _finish(config, workdir, members, results, rows, missing=missing, made=made,
+                 epochs=epochs, corpus_tokens=corpus.total)
 
 
 def _run_unit(config, workdir, tag: str, m: Member | None, reference: Member, budget: float,
@@ -324,11 +338,14 @@ def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list
 
 
 def _finish(config, workdir, members, results, rows, *, missing: list[str],
-            made: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            made: dict[str, dict[str, Any]], epochs: dict[str, float],
+            corpus_tokens: int) -> dict[str, Any]:
   accuracy = report.accuracy_summary(rows)
-  text = report.markdown(config, members, results, accuracy, missing=missing, made=made)
+  text = report.markdown(config, members, results, accuracy, missing=missing, made=made,
+                         epochs=epochs, corpus_tokens=corpus_tokens)
   summary = {'members': results, 'accuracy': accuracy, 'rows': rows, 'markdown': text,
-             'made': made, 'missing': missing, 'preempted': bool(missing)}
+             'made': made, 'missing': missing, 'preempted': bool(missing), 'epochs': epochs,
+             'corpus_train_tokens': corpus_tokens}
   if jax.process_index() == 0:
     tasks = list(finetune.downstream_field(config, 'tasks'))
     name = report.output_name(config)

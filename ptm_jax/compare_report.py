@@ -121,7 +121,8 @@ def _made_text(made: dict[str, dict[str, Any]]) -> str:
 
 
 def markdown(config, members: list, results, accuracy, *, missing: list[str],
-             made: dict[str, dict[str, Any]]) -> str:
+             made: dict[str, dict[str, Any]], epochs: dict[str, float],
+             corpus_tokens: int) -> str:
   """The comparison table (+ the FLOPs-per-token breakdown) as markdown."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
   seeds = list(finetune.downstream_field(config, 'seeds'))
@@ -137,13 +138,14 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
       f'{config.data.seq_len}-token rows of batch '
       f'{config.train.batch_size}; budget {budget:.3e} training FLOPs each '
       f'(= {cmp.reference_steps} steps of `{cmp.reference}`; sparse vocabulary projections '
-      f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}). Downstream: '
+      f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}); the train split holds '
+      f'{corpus_tokens:,} tokens, epochs = steps x batch x row length over it. Downstream: '
       f'{_score_text(config, tasks)}; mean ± std over seeds {tuple(seeds)}, '
       f'{finetune.downstream_field(config, "steps")} fine-tuning steps.', '',
       '| objective | params (pretrain) | params (fine-tuned) | FLOPs / token | pretrain steps | '
-      'pretrain FLOPs | final loss (train' + (' / eval' if eval_loss else '') + ') | '
+      'epochs | pretrain FLOPs | final loss (train' + (' / eval' if eval_loss else '') + ') | '
       + ' | '.join(header for header, _, _ in cols) + ' |',
-      '|---|' + '---|' * (6 + len(cols)),
+      '|---|' + '---|' * (7 + len(cols)),
   ]
   for name in ['random', *[m.name for m in members]]:
     r = results.get(name)
@@ -151,7 +153,7 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
       continue
     acc = [_fmt_acc(_score(accuracy, name, task, key)) for _, task, key in cols]
     if name == 'random':
-      lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | — | '
+      lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | 0 | — | '
                    + ' | '.join(acc) + ' |')
       continue
     loss = f'{r["train_loss"]:.3f}'
@@ -159,7 +161,8 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
       loss += f' / {r["eval"].get("eval/loss", float("nan")):.3f}'
     lines.append(
         f'| {r["label"]} | {r["params_pretrain"] / 1e6:.2f}M | {r["params_encoder"] / 1e6:.2f}M | '
-        f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | {r["flops"]:.3e} | {loss} | '
+        f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | {epochs.get(name, float("nan")):.1f} | '
+        f'{r["flops"]:.3e} | {loss} | '
         + ' | '.join(acc) + ' |')
   parts = [p for p in dict.fromkeys(k for m in members for k in m.flops_breakdown)
            if p != 'total' and any(m.flops_breakdown.get(p) for m in members)]

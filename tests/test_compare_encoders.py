@@ -258,6 +258,14 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
       assert acc['n'] == 1 and 0.0 <= acc['mean'] <= 1.0
   for task in tasks:
     assert 0.0 <= saved['accuracy']['random'][task]['mean'] <= 1.0
+  # Each member's budget in epochs over the train split (steps x batch x row length / its tokens).
+  rows_tokens = config.train.batch_size * config.data.seq_len
+  assert saved['corpus_train_tokens'] > 0
+  for name in names:
+    assert saved['epochs'][name] == pytest.approx(
+        members[name]['planned_steps'] * rows_tokens / saved['corpus_train_tokens'])
+    assert f'| {members[name]["steps"]} | {saved["epochs"][name]:.1f} |' in summary['markdown']
+  assert f'the train split holds {saved["corpus_train_tokens"]:,} tokens' in summary['markdown']
   # Steps differ where the FLOPs per step differ.
   per_step = {n: members[n]['flops_per_step'] for n in names}
   steps = {n: members[n]['steps'] for n in names}
