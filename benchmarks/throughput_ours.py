@@ -97,6 +97,8 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
     fast['vocab_pad_multiple'] = opts['vocab_pad']
   if 'logits' in opts:
     fast['logits_dtype'] = opts['logits']
+  if 'dropout' in opts:
+    fast['dropout_impl'] = opts['dropout']
   model = models.build(wl['family'], wl['variant'], **wl['overrides'], dtype=dtype,
                        param_dtype='float32', dropout_rate=spec['dropout'], remat=spec['remat'],
                        attention_impl=impl, **fast)

@@ -12,14 +12,16 @@ from __future__ import annotations
 # child sets before making any key (jax_default_prng_impl: dropout masks and MLM corruption are
 # drawn from it); reduce: how the loss's vocabulary reductions run
 # (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU); logits: decoder
-# Config.logits_dtype ('compute' = bf16 logits; every family). Keys a workload lacks are ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits')
+# Config.logits_dtype ('compute' = bf16 logits; every family); dropout: Config.dropout_impl
+# ('hash' = masks hashed from the element index, layers/dropout.py; every family). Keys a workload
+# lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits', 'dropout')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
 LOGITS = ('float32', 'compute')
 # The keys that take a name; the others (loss_chunk, vocab_pad) take a non-negative integer.
 CHOICES = {'mask': ('dense', 'lengths', 'packed'), 'prng': PRNG_IMPLS, 'reduce': REDUCTIONS,
-           'logits': LOGITS}
+           'logits': LOGITS, 'dropout': ('bits', 'hash')}
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -47,7 +49,7 @@ def parse_variants(text: str) -> list[dict]:
 
 def applied_options(wl: dict, options: dict) -> dict:
   """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM)."""
-  keep = {'mask', 'prng', 'reduce', 'logits'}
+  keep = {'mask', 'prng', 'reduce', 'logits', 'dropout'}
   keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
   keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
   return {k: v for k, v in options.items() if k in keep}

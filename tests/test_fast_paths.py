@@ -491,10 +491,12 @@ def test_benchmark_variants_flag():
   args = throughput.parse_args(['--variants', 'default;mask=lengths,loss_chunk=1024,vocab_pad=128'])
   assert args.variant_list == [{}, dict(mask='lengths', loss_chunk=1024, vocab_pad=128)]
   assert throughput.parse_variants('logits=compute') == [dict(logits='compute')]
+  assert throughput.parse_variants('dropout=hash,logits=compute') == [
+      dict(dropout='hash', logits='compute')]
   gpt, bert = dict(family='decoder', objective='clm'), dict(family='encoder', objective='mlm')
   assert throughput.applied_options(gpt, dict(logits='compute')) == dict(logits='compute')
-  assert throughput.applied_options(bert, dict(logits='compute', vocab_pad=128)) == dict(
-      logits='compute')
+  assert throughput.applied_options(bert, dict(logits='compute', vocab_pad=128, dropout='hash')) == (
+      dict(logits='compute', dropout='hash'))
   with pytest.raises(ValueError, match='logits='):
     throughput.parse_variants('logits=bf16')
   ours = [s for s in throughput.build_plan(args) if s['kind'] == 'ours']
@@ -503,6 +505,11 @@ def test_benchmark_variants_flag():
     throughput.parse_variants('flash=1')
   with pytest.raises(ValueError, match="prng='philox'; use one of threefry2x32, rbg, unsafe_rbg"):
     throughput.parse_variants('prng=philox')
+  # dropout=hash reaches the model built for the row.
+  import throughput_ours
+  wl = throughput.workload_spec('gpt2_small', throughput.parse_args(['--tiny']))
+  spec = dict(options=dict(dropout='hash'), dropout=0.1, remat=False)
+  assert throughput_ours._build(wl, spec, None, 'float32')[0].config.dropout_impl == 'hash'
   opts = args.variant_list[1]
   bert = throughput.workload_spec('bert_base', args)
   gpt = throughput.workload_spec('gpt2_small', args)

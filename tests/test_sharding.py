@@ -24,7 +24,8 @@ def _batch(rows=8, length=32, seed=0):
   return {"tokens": tokens, "segment_ids": segs, "positions": positions.astype(np.int32)}
 
 
-def _one_step(family, objective_name, devices, preset, grad_accum=1, options=None):
+def _one_step(family, objective_name, devices, preset, grad_accum=1, options=None,
+              model_overrides=None):
   cfg = base.base_config(family, "runlocal", objective_name)
   # A small LR: Adam divides by sqrt(v), so fp32 reduction-order noise in near-zero grads
   # (different on 8 shards) is amplified in proportion to the LR.
@@ -32,6 +33,7 @@ def _one_step(family, objective_name, devices, preset, grad_accum=1, options=Non
   fields = {k: v for k, v in cfg.model.items() if k not in ("family", "variant")}
   fields.update(vocab_size=VOCAB, dropout_rate=0.0, num_layers=2, embed_dim=64, mlp_dim=128,
                 num_heads=4)
+  fields.update(model_overrides or {})
   model = models.build(family, "runlocal", **fields)
   objective = objectives.get(objective_name)
   options = objectives.build_options(objective, options or {})
@@ -50,6 +52,25 @@ def _one_step(family, objective_name, devices, preset, grad_accum=1, options=Non
     state, metrics2 = step(state, gbatch)
   return (float(metrics["loss"]), float(metrics2["loss"]),
           jax.tree.map(np.asarray, jax.device_get(state.params)), state_sharding)
+
+
+def test_hash_dropout_step_matches_single_device_with_rbg_keys():
+  # Dropout on, with the cheap rbg keys (JAX does not promise their bits stay the same under
+  # another sharding): the hashed masks (layers/dropout.py) draw 64 bits from the key and hash the
+  # global element index, so the FSDP step equals the 1-device one.
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  try:
+    overrides = dict(dropout_rate=0.1, dropout_impl="hash")
+    ref = _one_step("decoder", "clm", jax.devices()[:1], "dp", model_overrides=overrides)
+    out = _one_step("decoder", "clm", jax.devices(), "fsdp", model_overrides=overrides)
+    off = _one_step("decoder", "clm", jax.devices()[:1], "dp", model_overrides=dict(
+        dropout_rate=0.0))
+  finally:
+    jax.config.update("jax_default_prng_impl", previous)
+  np.testing.assert_allclose(out[:2], ref[:2], rtol=1e-5)
+  assert abs(ref[0] - off[0]) > 1e-4  # dropout really acted on the loss
+  jax.tree.map(lambda a, b: _assert_close_relative(a, b, 1e-4), out[2], ref[2])
 
 
 def _assert_close_relative(a, b, rel=1e-5):

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import masks
 from ptm_jax.layers import positions as positions_lib
 
@@ -27,6 +28,7 @@ from ptm_jax.layers import positions as positions_lib
 def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
                                   v_BSKH: jnp.ndarray, mask: jnp.ndarray | None, *,
                                   dropout_rate: float, dropout_rng: jax.Array,
+                                  dropout_impl: str = 'bits',
                                   bias: jnp.ndarray | None = None,
                                   scale: float | None = None) -> jnp.ndarray:
   """Explicit einsum attention with dropout on the probabilities (what BERT/GPT-2 train with).
@@ -46,8 +48,7 @@ def einsum_attention_with_dropout(q_BTNH: jnp.ndarray, k_BSKH: jnp.ndarray,
   if mask is not None:
     logits_BNTS = jnp.where(mask, logits_BNTS, jnp.finfo(jnp.float32).min)
   probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
-  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BNTS.shape)
-  probs_BNTS = jnp.where(keep, probs_BNTS / (1.0 - dropout_rate), 0.0)
+  probs_BNTS = dropout_lib.dropout(probs_BNTS, dropout_rng, dropout_rate, dropout_impl)
   return jnp.einsum('bnts,bsnh->btnh', probs_BNTS.astype(v_BSNH.dtype), v_BSNH)
 
 
@@ -174,6 +175,7 @@ class Attention(nn.Module):
   num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; otherwise GQA
   use_bias: bool = True
   attention_dropout_rate: float = 0.0
+  dropout_impl: str = 'bits'  # the probability mask's generator: layers.dropout.IMPLS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   init_stddev: float = 0.02
@@ -244,7 +246,8 @@ class Attention(nn.Module):
       dense = mask.dense() if isinstance(mask, masks.SegmentMask) else mask
       out_BLNH = einsum_attention_with_dropout(
           q_BLNH, k_BSKH, v_BSKH, dense, dropout_rate=self.attention_dropout_rate,
-          dropout_rng=self.make_rng('dropout'), bias=bias, scale=self.scale)
+          dropout_rng=self.make_rng('dropout'), dropout_impl=self.dropout_impl, bias=bias,
+          scale=self.scale)
       out_BLNH = zero_queries_without_keys(out_BLNH, mask)
     else:
       out_BLNH = dot_product_attention(q_BLNH, k_BSKH, v_BSKH, mask, bias=bias, scale=self.scale,

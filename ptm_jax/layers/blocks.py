@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, mlp, norms
+from ptm_jax.layers import dropout as dropout_lib
 
 
 class _Sublayers(nn.Module):
@@ -26,6 +27,7 @@ class _Sublayers(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
   mlp_dropout_rate: float = 0.0  # inside the feed-forward, after the activation
+  dropout_impl: str = 'bits'  # every mask of the block: layers.dropout.IMPLS
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # init of the two projections that feed the residual
   query_init_stddev: float | None = None  # None = init_stddev (T5: (embed * head_dim) ** -0.5)
@@ -41,14 +43,16 @@ class _Sublayers(nn.Module):
   def _attention(self, name: str) -> attention.Attention:
     return attention.Attention(
         self.num_heads, self.head_dim, num_kv_heads=self.num_kv_heads, use_bias=self.use_bias,
-        attention_dropout_rate=self.attention_dropout_rate, init_stddev=self.init_stddev,
+        attention_dropout_rate=self.attention_dropout_rate, dropout_impl=self.dropout_impl,
+        init_stddev=self.init_stddev,
         out_init_stddev=self.out_init_stddev, query_init_stddev=self.query_init_stddev,
         scale=self.attention_scale, implementation=self.attention_impl, name=name, **self._dt())
 
   def _mlp(self) -> nn.Module:
     kw = dict(activation=self.activation, use_bias=self.use_bias, init_stddev=self.init_stddev,
               out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
-              dropout_rate=self.mlp_dropout_rate, name='mlp', **self._dt())
+              dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='mlp',
+              **self._dt())
     if self.mlp == 'mlp':
       return mlp.MLP(self.mlp_dim, **kw)
     if self.mlp == 'swiglu':
@@ -60,7 +64,7 @@ class _Sublayers(nn.Module):
 
   def _residual(self, x_BLD, f, norm, deterministic: bool):
     """pre-LN: x + drop(f(norm(x))); post-LN: norm(x + drop(f(x)))."""
-    drop = nn.Dropout(self.dropout_rate)
+    drop = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)
     if self.pre_norm:
       x_BLD = x_BLD + drop(f(norm(x_BLD)), deterministic=deterministic)
     else:

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ptm_jax.layers import dropout as dropout_lib
+
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     'gelu': functools.partial(jax.nn.gelu, approximate=False),  # BERT: exact erf GELU
     'gelu_new': functools.partial(jax.nn.gelu, approximate=True),  # GPT-2: tanh approximation
@@ -43,6 +45,7 @@ class MLP(nn.Module):
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # None = init_stddev; GPT-2 shrinks residual outputs
   dropout_rate: float = 0.0  # on the hidden activations (T5 dropout_rate, BART activation_dropout)
+  dropout_impl: str = 'bits'  # layers.dropout.IMPLS
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -51,7 +54,8 @@ class MLP(nn.Module):
     h_BLF = dense(self.mlp_dim, ('embed', 'mlp'), name='wi', **kw)(x_BLD)
     h_BLF = nn.with_logical_constraint(activation(self.activation)(h_BLF),
                                        ('batch', 'length', 'mlp'))
-    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
+    h_BLF = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)(h_BLF,
+                                                                  deterministic=deterministic)
     kw['stddev'] = self.out_init_stddev or self.init_stddev
     return dense(x_BLD.shape[-1], ('mlp', 'embed'), name='wo', **kw)(h_BLF)
 
@@ -67,6 +71,7 @@ class SwiGLU(nn.Module):
   init_stddev: float = 0.02
   out_init_stddev: float | None = None  # None = init_stddev; GPT-2 shrinks residual outputs
   dropout_rate: float = 0.0  # on the gated hidden activations (T5 v1.1 dropout_rate)
+  dropout_impl: str = 'bits'  # layers.dropout.IMPLS
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -76,6 +81,7 @@ class SwiGLU(nn.Module):
     up_BLF = dense(self.mlp_dim, ('embed', 'mlp'), name='wi_up', **kw)(x_BLD)
     h_BLF = nn.with_logical_constraint(activation(self.activation)(gate_BLF) * up_BLF,
                                        ('batch', 'length', 'mlp'))
-    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
+    h_BLF = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)(h_BLF,
+                                                                  deterministic=deterministic)
     kw['stddev'] = self.out_init_stddev or self.init_stddev
     return dense(x_BLD.shape[-1], ('mlp', 'embed'), name='wo', **kw)(h_BLF)

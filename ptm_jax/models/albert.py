@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, embeddings, masks, mlp, norms
+from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 from ptm_jax.models.encoder import MLMHead, dtypes
 
@@ -53,6 +54,7 @@ class Config:
   activation: str = 'gelu_new'  # HF AlbertConfig default (tanh GELU, as ALBERT's TF code)
   dropout_rate: float = 0.0  # ALBERT v2 trains without dropout
   attention_dropout_rate: float = 0.0
+  dropout_impl: str = 'bits'  # every dropout mask's generator: layers.dropout.IMPLS ('hash')
   initializer_range: float = 0.02
   dtype: Any = 'float32'
   param_dtype: Any = 'float32'
@@ -96,10 +98,11 @@ class AttentionSublayer(nn.Module):
     cfg, dt = self.config, dtypes(self.config)
     h = attention.Attention(cfg.num_heads, cfg.resolved_head_dim, use_bias=True,
                             attention_dropout_rate=cfg.attention_dropout_rate,
-                            init_stddev=cfg.initializer_range, implementation=cfg.attention_impl,
+                            dropout_impl=cfg.dropout_impl, init_stddev=cfg.initializer_range,
+                            implementation=cfg.attention_impl,
                             name='attention', **dt)(x_BLD, mask, rotary=rotary,
                                                     deterministic=deterministic)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)(h, deterministic=deterministic)
     x_BLD = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(x_BLD + h)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
@@ -114,7 +117,7 @@ class FFNSublayer(nn.Module):
     cfg, dt = self.config, dtypes(self.config)
     h = mlp.MLP(cfg.mlp_dim, activation=cfg.activation, use_bias=True,
                 init_stddev=cfg.initializer_range, name='mlp', **dt)(x_BLD)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)(h, deterministic=deterministic)
     x_BLD = norms.LayerNorm(cfg.layer_norm_eps, name='norm', **dt)(x_BLD + h)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
@@ -136,7 +139,8 @@ class Model(nn.Module):
       self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embedding_size,
                                          axes=(None, 'embed'), **init)
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
+        cfg.dropout_impl))
     dense = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
     # (None, 'embed'): E and H must not both map to the 'embed' mesh axis.
     self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), **dense)

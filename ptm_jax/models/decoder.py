@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptm_jax.layers import attention, blocks, embeddings, masks, norms
+from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
 
@@ -46,6 +47,7 @@ class Config:
   tie_embeddings: bool = True
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0  # GPT-2 trained with 0.1; 0 keeps the fused kernel
+  dropout_impl: str = 'bits'  # every dropout mask's generator: layers.dropout.IMPLS ('hash')
   initializer_range: float = 0.02
   scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, range / sqrt(2 * layers))
   dtype: Any = 'float32'  # compute dtype
@@ -123,7 +125,8 @@ class Model(nn.Module):
     if cfg.positions == 'learned':
       self.position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, cfg.embed_dim, init_stddev=cfg.initializer_range, **dt)
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
+        cfg.dropout_impl))
     block = blocks.block_class(cfg.remat)
     out_std = (cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
                if cfg.scaled_residual_init else None)
@@ -132,7 +135,7 @@ class Model(nn.Module):
               num_kv_heads=cfg.num_kv_heads, pre_norm=True, norm=cfg.norm,
               norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp, activation=cfg.activation,
               use_bias=cfg.use_bias, dropout_rate=cfg.dropout_rate,
-              attention_dropout_rate=cfg.attention_dropout_rate,
+              attention_dropout_rate=cfg.attention_dropout_rate, dropout_impl=cfg.dropout_impl,
               init_stddev=cfg.initializer_range, out_init_stddev=out_std,
               attention_impl=cfg.attention_impl, **dt)
         for _ in range(cfg.num_layers)]

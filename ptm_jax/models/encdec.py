@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, blocks, embeddings, masks, norms
+from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
 
@@ -71,6 +72,7 @@ class Config:
   dropout_rate: float = 0.1  # embeddings, residual branches (and T5's stack outputs)
   attention_dropout_rate: float = 0.1  # T5 drops attention probabilities with dropout_rate
   mlp_dropout_rate: float = 0.1  # after the MLP activation (BART: activation_dropout)
+  dropout_impl: str = 'bits'  # every dropout mask's generator: layers.dropout.IMPLS ('hash')
   init: str = 't5'  # 't5' (HF/Mesh TF scheme: fan-in scaled, query / sqrt(head_dim)) | 'normal'
   initializer_range: float = 0.02  # std of every weight with init='normal' (BART init_std)
   decoder_start_id: int = 0  # first decoder input when generating (T5: pad = 0; BART: eos = 2)
@@ -189,12 +191,13 @@ class Model(nn.Module):
       self.encoder_embed_norm, self.decoder_embed_norm = norm(), norm()
     if cfg.final_norm:
       self.encoder_final_norm, self.decoder_final_norm = norm(), norm()
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(cfg.dropout_impl))
     layer = dict(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
                  pre_norm=cfg.pre_norm, norm=cfg.norm, norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp,
                  activation=cfg.activation, use_bias=cfg.use_bias,
                  dropout_rate=cfg.dropout_rate, attention_dropout_rate=cfg.attention_dropout_rate,
-                 mlp_dropout_rate=cfg.mlp_dropout_rate, init_stddev=std.kv,
+                 mlp_dropout_rate=cfg.mlp_dropout_rate, dropout_impl=cfg.dropout_impl,
+                 init_stddev=std.kv,
                  out_init_stddev=std.out, query_init_stddev=std.query,
                  mlp_out_init_stddev=std.mlp_out,
                  attention_scale=None if cfg.scale_attention else 1.0,

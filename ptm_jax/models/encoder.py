@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ptm_jax.layers import blocks, embeddings, masks, mlp, norms
+from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
 
@@ -58,6 +59,7 @@ class Config:
   activation: str = 'gelu'  # exact erf GELU, as BERT
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0  # BERT trained with 0.1; 0 keeps the fused kernel
+  dropout_impl: str = 'bits'  # every dropout mask's generator: layers.dropout.IMPLS ('hash')
   initializer_range: float = 0.02
   dtype: Any = 'float32'  # compute dtype
   param_dtype: Any = 'float32'
@@ -177,7 +179,8 @@ class Model(nn.Module):
       self.block_position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, width,
           init_stddev=cfg.initializer_range, **dt)
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
+        cfg.dropout_impl))
     if width != cfg.embed_dim:  # (None, 'embed'): E and H must not both map to one mesh axis
       self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), use_bias=True,
                                      stddev=cfg.initializer_range, **dt)
@@ -186,7 +189,7 @@ class Model(nn.Module):
         block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
               pre_norm=cfg.pre_norm, norm='layernorm', norm_eps=cfg.layer_norm_eps, mlp='mlp',
               activation=cfg.activation, use_bias=True, dropout_rate=cfg.dropout_rate,
-              attention_dropout_rate=cfg.attention_dropout_rate,
+              attention_dropout_rate=cfg.attention_dropout_rate, dropout_impl=cfg.dropout_impl,
               init_stddev=cfg.initializer_range, attention_impl=cfg.attention_impl, **dt)
         for _ in range(cfg.num_layers)]
     if cfg.pre_norm:
