@@ -1,6 +1,5 @@
 """One training step under each mesh preset on 8 fake CPU devices equals the 1-device step."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
