@@ -59,6 +59,11 @@ def test_hash_mask_keeps_one_minus_rate_independently():
   bits = np.asarray(dropout_lib.hash_bits(SEED, (4, 1024, 256)))
   assert np.unique(bits).size == bits.size
   assert dropout_lib.hash_bits(SEED, ()).shape == ()
+  # Past 2^32 elements the wrapped index repeats; within one block of rows it cannot: the block's
+  # indices span (rows - 1) * C + C - 1 < 2^32.
+  for cols in (1, 7, 768, 50304, 2**31 - 1, 2**31 + 1):
+    rows = dropout_lib.rows_per_block(cols)
+    assert rows >= 1 and (rows * cols <= 2**32 - cols or rows == 1)
 
 
 def test_hash_dropout_gradient_is_the_forward_mask_and_saves_no_mask():

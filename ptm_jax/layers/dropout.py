@@ -49,6 +49,11 @@ def _mix32(x: jnp.ndarray) -> jnp.ndarray:
   return x ^ (x >> 16)
 
 
+def rows_per_block(cols: int) -> int:
+  """Rows of `cols` elements whose row-major indices span less than 2^32 (so never wrap)."""
+  return max(1, (2**32 - cols) // cols)
+
+
 def hash_bits(seed: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
   """uint32 hash of every element's global row-major index under a [2] uint32 seed."""
   shape = tuple(int(d) for d in shape)
@@ -60,9 +65,9 @@ def hash_bits(seed: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
     lead = lead + lax.broadcasted_iota(jnp.uint32, grid, axis) * jnp.uint32(stride % 2**32)
     stride *= grid[axis]
   flat = lead * jnp.uint32(cols) + lax.broadcasted_iota(jnp.uint32, grid, len(grid) - 1)
-  # `flat` wraps past 2^32 elements; the block of rows an element's wrap lies in tells the wraps
-  # apart (0 everywhere in an array of fewer than 2^32 elements).
-  block = lead // jnp.uint32(max(1, (2**32 - cols) // cols))
+  # `flat` wraps past 2^32 elements; the block of rows an element lies in tells the wraps apart
+  # (0 everywhere in an array of fewer than 2^32 elements).
+  block = lead // jnp.uint32(rows_per_block(cols))
   bits = _mix32(_mix32(flat ^ seed[0]) + _mix32(block ^ seed[1]))
   return bits.reshape(shape)
 
