@@ -153,16 +153,16 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
       continue
     acc = [_fmt_acc(_score(accuracy, name, task, key)) for _, task, key in cols]
     if name == 'random':
-      lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | 0 | — | '
-                   + ' | '.join(acc) + ' |')
+      lines.append(f'| {r["label"]} | — | {r["params_encoder"] / 1e6:.2f}M | 0 | 0 | 0 | 0 | '
+                   '— | ' + ' | '.join(acc) + ' |')
       continue
     loss = f'{r["train_loss"]:.3f}'
     if eval_loss:
       loss += f' / {r["eval"].get("eval/loss", float("nan")):.3f}'
     lines.append(
         f'| {r["label"]} | {r["params_pretrain"] / 1e6:.2f}M | {r["params_encoder"] / 1e6:.2f}M | '
-        f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | {epochs.get(name, float("nan")):.1f} | '
-        f'{r["flops"]:.3e} | {loss} | '
+        f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | '
+        f'{epochs.get(name, float("nan")):.1f} | {r["flops"]:.3e} | {loss} | '
         + ' | '.join(acc) + ' |')
   parts = [p for p in dict.fromkeys(k for m in members for k in m.flops_breakdown)
            if p != 'total' and any(m.flops_breakdown.get(p) for m in members)]

@@ -32,7 +32,7 @@ def _train_words(source_name, data_dir):
 
 
 def test_counts_per_part_cache_and_epochs(tmp_path, data_dir):
-  a = _corpus(tmp_path / 'a', [f'Doc {i} of a. It has {i % 7} more words here.' for i in range(300)])
+  a = _corpus(tmp_path / 'a', [f'Doc {i} of a. It has {i % 7} more words.' for i in range(300)])
   b = _corpus(tmp_path / 'b', [f'Short {i}.' for i in range(600)])
   mixture = f'{a}:3,{b}:1'
   words = _Words()

@@ -93,7 +93,8 @@ def _hash_dropout_fwd(x, seed, rate):
 
 def _hash_dropout_bwd(rate, seed, g):
   keep = hash_keep_mask(seed, g.shape, rate)
-  return lax.select(keep, g / (1.0 - rate), jnp.zeros_like(g)), np.zeros(seed.shape, jax.dtypes.float0)
+  dx = lax.select(keep, g / (1.0 - rate), jnp.zeros_like(g))
+  return dx, np.zeros(seed.shape, jax.dtypes.float0)  # integer seeds have no cotangent
 
 
 _hash_dropout.defvjp(_hash_dropout_fwd, _hash_dropout_bwd)
