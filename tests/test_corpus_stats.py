@@ -54,3 +54,15 @@ def test_counts_per_part_cache_and_epochs(tmp_path, data_dir):
   # A single source is one part of weight 1: epochs = tokens / its count.
   single = corpus_stats.train_tokens(a, words, data_dir)
   assert single.epochs(2 * single.total) == pytest.approx(2.0)
+
+
+def test_an_unwritable_cache_still_counts(tmp_path, data_dir, monkeypatch):
+  corpus = _corpus(tmp_path / 'c', [f'Doc {i} here.' for i in range(100)])
+
+  def refuse(*args):
+    raise PermissionError('read-only file system')
+
+  monkeypatch.setattr(corpus_stats.os, 'replace', refuse)
+  counts = corpus_stats.train_tokens(corpus, _Words(), data_dir)
+  assert counts.counts == tuple(_train_words(corpus, data_dir))
+  assert not [f for f in os.listdir(os.path.join(data_dir, 'corpus_stats')) if '.tmp' in f]

@@ -31,7 +31,8 @@ def test_a_prepared_data_dir_needs_no_data_package(data_dir, tmp_path):
   lines = [line for line in done.stdout.splitlines() if ' MiB  ' in line]
   assert lines[-1].endswith('MiB  in all')
   entries = {line.split(' MiB  ')[1] for line in lines[:-1]}
-  assert {'tokenizers', 'news_en', 'rt_sentiment', 'news_source', 'lexicons'} <= entries, entries
+  assert {'tokenizers', 'news_en', 'rt_sentiment', 'news_source', 'lexicons',
+          'corpus_stats'} <= entries, entries
   # With the data packages gone, the same job opens only the prepared files, and succeeds ...
   again = _prepare(data_dir, hide=True)
   assert again.returncode == 0, again.stderr[-2000:]

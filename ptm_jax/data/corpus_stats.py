@@ -10,10 +10,13 @@ once; no BOS/EOS), cached per (source fingerprint, tokenizer) under `<data_dir>/
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+
+from absl import logging
 
 from ptm_jax.data import sources
 
@@ -63,10 +66,15 @@ def train_tokens(source_name: str, tokenizer, data_dir: str = '') -> TrainTokens
     counts.append(total + (sum(map(len, tokenizer.encode_batch(texts))) if texts else 0))
   if not any(counts):
     raise ValueError(f"the train split of {source_name!r} holds no tokens; check data.source")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'  # write-then-rename: a concurrent reader sees all or nothing
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({'source': source.fingerprint, 'tokenizer': tokenizer.name,
-               'train_tokens': counts}, f)
-  os.replace(tmp, path)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump({'source': source.fingerprint, 'tokenizer': tokenizer.name,
+                 'train_tokens': counts}, f)
+    os.replace(tmp, path)
+  except OSError as e:  # a read-only data dir: the count is still right, only not kept
+    logging.warning('corpus token counts not cached at %s: %s', path, e)
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
   return TrainTokens(tuple(counts), source.weights)

@@ -4,7 +4,8 @@
 
 builds under DIR (default: the config's data dir) every pretraining source the run reads (for a
 comparison, every member's), the sentencepiece tokenizer, the ERNIE phrase lexicon where a member
-masks phrases, and each downstream task's splits. It does so by building the iterators a run
+masks phrases, each downstream task's splits and, for a comparison, the corpus's token count (its
+table's epochs). It does so by building the iterators a run
 builds and reading one batch of each, so whatever a run would prepare on first use is prepared
 here, by the same code. A run pointed at DIR (`--config.data.data_dir=DIR` or
 `PTM_JAX_DATA_DIR=DIR`) then needs neither the data packages nor a network: the prepared
@@ -33,7 +34,8 @@ def run_configs(config) -> list:
 
 def prepare(config, data_dir: str = '') -> dict[str, int]:
   """Prepares the data of `config` (a run or a comparison) in `data_dir`; returns {entry: bytes}."""
-  from ptm_jax.data import loader, sources, tokenizers  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ptm_jax.data import corpus_stats, loader, sources, tokenizers
   from ptm_jax.data.sources import downstream  # pylint: disable=g-import-not-at-top
   from ptm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
@@ -50,6 +52,9 @@ def prepare(config, data_dir: str = '') -> dict[str, int]:
                                 global_batch_size=int(cfg.train.batch_size), seed=int(cfg.seed),
                                 repeat=repeat)
       next(iter(it))
+  if 'comparison' in config:  # its table states each budget in epochs over the corpus
+    tokenizer = tokenizers.load_or_train(config.data.tokenizer, config.data)
+    corpus_stats.train_tokens(config.data.source, tokenizer, config.data.get('data_dir', ''))
   if 'downstream' in config:
     for task in finetune.downstream_field(config, 'tasks'):
       downstream.get_task_builder(task, config.data.get('data_dir', ''))
