@@ -139,8 +139,7 @@ class Model(nn.Module):
       self.type_embed = embeddings.Embed(cfg.type_vocab_size, cfg.embedding_size,
                                          axes=(None, 'embed'), **init)
     self.embed_norm = norms.LayerNorm(cfg.layer_norm_eps, **dt)
-    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
-        cfg.dropout_impl))
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)
     dense = dict(use_bias=True, stddev=cfg.initializer_range, **dt)
     # (None, 'embed'): E and H must not both map to the 'embed' mesh axis.
     self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), **dense)

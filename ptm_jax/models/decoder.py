@@ -125,8 +125,7 @@ class Model(nn.Module):
     if cfg.positions == 'learned':
       self.position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, cfg.embed_dim, init_stddev=cfg.initializer_range, **dt)
-    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
-        cfg.dropout_impl))
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)
     block = blocks.block_class(cfg.remat)
     out_std = (cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
                if cfg.scaled_residual_init else None)

@@ -191,7 +191,7 @@ class Model(nn.Module):
       self.encoder_embed_norm, self.decoder_embed_norm = norm(), norm()
     if cfg.final_norm:
       self.encoder_final_norm, self.decoder_final_norm = norm(), norm()
-    self.dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(cfg.dropout_impl))
+    self.dropout = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)
     layer = dict(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
                  pre_norm=cfg.pre_norm, norm=cfg.norm, norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp,
                  activation=cfg.activation, use_bias=cfg.use_bias,

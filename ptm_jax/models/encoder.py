@@ -179,8 +179,7 @@ class Model(nn.Module):
       self.block_position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, width,
           init_stddev=cfg.initializer_range, **dt)
-    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, dropout_lib.check_impl(
-        cfg.dropout_impl))
+    self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)
     if width != cfg.embed_dim:  # (None, 'embed'): E and H must not both map to one mesh axis
       self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), use_bias=True,
                                      stddev=cfg.initializer_range, **dt)
