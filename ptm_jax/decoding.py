@@ -7,6 +7,10 @@ beam search with a length penalty, for `decoder` and `encdec` models, each one j
                                           'encoder_segment_ids': s_BL}, options)           # encdec
   # out['tokens'] [B, max_new_tokens] (pad after EOS), out['lengths'] [B], out['scores'] [B]
 
+A decoder's inputs may carry `prefix_flags` `[B, P]` (1 on prompt tokens): a prefix LM's prompt
+is then encoded bidirectionally in the prefill, and each generated token attends to every earlier
+slot, exactly the prefix LM mask (Raffel et al. 2020).
+
 Batches of prompts of different lengths (decoder family) are LEFT-padded (`left_pad`): every
 row's last prompt token sits in the last column, so all rows write the same cache slot at each
 step; a row's positions count its own tokens only (slot - padding), which is what learned and
@@ -109,10 +113,10 @@ def is_encoder_decoder(model) -> bool:
   return isinstance(model.config, encdec.Config)
 
 
-def _decoder_logits(module, tokens, segment_ids, positions):
+def _decoder_logits(module, tokens, segment_ids, positions, prefix_flags=None):
   x_BLD = module.embed(tokens, positions=positions)
   hidden_BLD, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
-                                use_cache=True)
+                                prefix_flags=prefix_flags, use_cache=True)
   return module.lm_logits(hidden_BLD[:, -1:])[:, 0]
 
 
@@ -181,8 +185,11 @@ def _prefill(model, params, inputs: dict, options: Options):
     return logits, mutated['cache']
 
   cache = init_cache(model, params, b, p + n)
+  # A prefix LM's prompt attends to itself both ways; the generated tokens (fed one per step,
+  # no flags) attend to every earlier slot, which is the prefix LM's mask.
   logits, mutated = model.apply({'params': params, 'cache': cache}, tokens, seg, positions,
-                                method=_decoder_logits, mutable=['cache'])
+                                inputs.get('prefix_flags'), method=_decoder_logits,
+                                mutable=['cache'])
   return logits, mutated['cache'], lengths_B, step, ()
 
 
@@ -231,6 +238,14 @@ def _sample_loop(logits, cache, positions, step, extras, options: Options, rng):
 
 # ---- beam search -------------------------------------------------------------------------------
 
+def _follows_beam(path, x) -> bool:
+  """Whether a cache leaf is reordered with its beam: not the scalar index, and not the
+  cross-attention keys/values, which are the same for every beam of a row (a parent is always a
+  beam of the same row), so gathering them each step would only copy the encoder output."""
+  last = path[-1]
+  return x.ndim > 0 and getattr(last, 'key', None) not in ('cross_key', 'cross_value')
+
+
 def _beam_search(logits, cache, positions, step, extras, options: Options):
   k, n, alpha = options.num_beams, options.max_new_tokens, options.length_penalty
   b, v = logits.shape
@@ -272,7 +287,8 @@ def _beam_search(logits, cache, positions, step, extras, options: Options):
     alive_lp, pick = jax.lax.top_k(jnp.where(eos, neg_inf, cand_lp), k)
     alive_seq = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
     rows = (jnp.arange(b)[:, None] * k + jnp.take_along_axis(parent, pick, axis=1)).reshape(-1)
-    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.take(x, rows, axis=0) if _follows_beam(path, x) else x, cache)
     fed = jnp.take_along_axis(token, pick, axis=1).reshape(-1)
     logits, cache = step(cache, fed, positions, extras)
     return i + 1, alive_seq, alive_lp, fin_seq, fin_score, logits, cache, positions + 1
@@ -313,14 +329,21 @@ def generate(model, params, inputs: dict[str, Any], options: Options = Options()
   """
   if isinstance(params, dict) and set(params) == {'params'}:
     params = params['params']
-  want = (('encoder_tokens', 'encoder_segment_ids') if is_encoder_decoder(model)
-          else ('tokens', 'segment_ids'))
+  encdec = is_encoder_decoder(model)
+  want = ('encoder_tokens', 'encoder_segment_ids') if encdec else ('tokens', 'segment_ids')
   missing = [k for k in want if k not in inputs]
   if missing:
     raise ValueError(f'generate needs inputs {", ".join(want)}; missing {", ".join(missing)}')
+  if not encdec and 'prefix_flags' in inputs:
+    flags = np.asarray(inputs['prefix_flags'])
+    if flags.shape != np.shape(inputs['tokens']) or np.any((flags != 0) & (
+        np.asarray(inputs['segment_ids']) == 0)):
+      raise ValueError('prefix_flags must have the prompts\' shape and flag prompt tokens only '
+                       '(segment_ids != 0)')
+    want += ('prefix_flags',)
   inputs = {k: jnp.asarray(inputs[k], jnp.int32) for k in want}
   cfg = model.config
-  if is_encoder_decoder(model):
+  if encdec:
     if cfg.positions == 'learned' and options.max_new_tokens + 1 > cfg.max_position_embeddings:
       raise ValueError(f'max_new_tokens={options.max_new_tokens} exceeds the decoder\'s '
                        f'{cfg.max_position_embeddings} positions')

@@ -2,7 +2,9 @@
 
 - Cached logits equal the full forward pass at every step (prefill of left-padded prompts, a
   2-token chunk, then single tokens) for GPT-2-style and Llama-style (rotary + GQA) decoders and
-  for T5- and BART-style encoder–decoders (encoder padding included).
+  for T5- and BART-style encoder–decoders (encoder padding included); a prefix LM's prompt
+  (`prefix_flags`) is prefilled bidirectionally and greedy decoding equals the full forward pass
+  under the prefix LM mask, token by token and in its scores.
 - `generate`: greedy equals an argmax loop over full forward passes; EOS stops rows
   independently (pad afterwards, per-row lengths); beam search with one beam and sampling with
   top_k=1 equal greedy; beam search with enough beams finds the exhaustive best sequence (EOS,
@@ -96,6 +98,47 @@ def test_cached_decoder_equals_full_forward(kind):
     all_seg = np.concatenate([seg, np.ones((2, done), np.int32)], axis=1)
     full = _full_decoder_logits(model, params, all_tokens, all_seg, _left_positions(all_seg))
     np.testing.assert_allclose(logits, np.asarray(full)[:, -chunk:], atol=1e-5)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _full_prefix_logits(model, params, tokens, segment_ids, positions, prefix_flags):
+  return model.apply({'params': params}, tokens, segment_ids=segment_ids, positions=positions,
+                     prefix_flags=prefix_flags)['logits']
+
+
+@pytest.mark.parametrize('kind', ['gpt2', 'llama'])
+def test_cached_prefix_lm_equals_full_forward(kind):
+  # A prefix LM prompt (prefix_flags) is encoded bidirectionally by the prefill; generated tokens
+  # attend to every earlier slot. Every step equals the full forward under the prefix LM mask.
+  model, params = _model(kind), _params(kind)
+  rng = np.random.default_rng(1)
+  inputs = decoding.left_pad([list(rng.integers(3, V, 5)), list(rng.integers(3, V, 3))])
+  tokens, seg = inputs['tokens'], inputs['segment_ids']
+  flags = seg.copy()
+  n = 4
+  out = decoding.generate(model, params, {**inputs, 'prefix_flags': flags},
+                          decoding.Options(max_new_tokens=n))
+  all_tokens, all_seg, all_flags = tokens, seg, flags
+  for i in range(n):
+    full = np.asarray(_full_prefix_logits(model, params, all_tokens, all_seg,
+                                          _left_positions(all_seg), all_flags))
+    if i == 0:  # the flags matter: a causal prompt predicts differently
+      causal = np.asarray(_full_decoder_logits(model, params, tokens, seg, _left_positions(seg)))
+      assert np.abs(full[:, -1] - causal[:, -1]).max() > 1e-2
+    chosen = full[:, -1].argmax(-1).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(out['tokens'])[:, i], chosen)
+    all_tokens = np.concatenate([all_tokens, chosen[:, None]], axis=1)
+    all_seg = np.concatenate([all_seg, np.ones((2, 1), np.int32)], axis=1)
+    all_flags = np.concatenate([all_flags, np.zeros((2, 1), np.int32)], axis=1)
+  # The scores are the cached log-probs of those tokens: equal to the full forward's.
+  full = np.asarray(_full_prefix_logits(model, params, all_tokens[:, :-1], all_seg[:, :-1],
+                                        _left_positions(all_seg[:, :-1]), all_flags[:, :-1]))
+  logp = jax.nn.log_softmax(full[:, -n:], axis=-1)
+  expected = np.take_along_axis(np.asarray(logp), all_tokens[:, -n:, None], axis=-1).sum((1, 2))
+  np.testing.assert_allclose(np.asarray(out['scores']), expected, atol=1e-4)
+  with pytest.raises(ValueError, match='flag prompt tokens only'):
+    decoding.generate(model, params, {**inputs, 'prefix_flags': np.ones_like(flags)},
+                      decoding.Options(max_new_tokens=n))
 
 
 def _teacher_forced(module, enc, enc_seg, dec, dec_seg):

@@ -1,5 +1,6 @@
 """news_headline: ROUGE against hand counts, the split hold-out from news_en pretraining, the row
-forms, uncached single-stack decoding = step-by-step recompute, each form's fine-tuning loss, and
+forms, single-stack decoding = step-by-step recompute (prefix LM through the KV cache = the
+uncached re-read, greedy and beam), each form's fine-tuning loss, and
 a tiny generation fine-tune end to end (pretrained and random rows, ROUGE in [0, 1])."""
 import json
 import os
@@ -191,10 +192,23 @@ def test_stack_decoding_equals_step_by_step_recompute(form):
                            eos_ids=(SPECIALS.eos,))
   np.testing.assert_array_equal(generation.generate_batch(model, params, rows, form, beam1,
                                                           SPECIALS)[:2], out[:2])
+  beam4 = decoding.Options(max_new_tokens=6, strategy='beam', num_beams=4, length_penalty=0.6,
+                           eos_ids=(SPECIALS.eos,))
   if form == 'unilm':  # beams reorder the whole row state (UniLM also writes its [MASK])
-    beam4 = decoding.Options(max_new_tokens=6, strategy='beam', num_beams=4, length_penalty=0.6,
-                             eos_ids=(SPECIALS.eos,))
     assert generation.generate_batch(model, params, rows, form, beam4, SPECIALS).shape == (3, 6)
+  if form == 'prefix_lm':
+    # generate_batch decodes a prefix LM with the KV cache (prompt left-padded, flagged as the
+    # prefix); re-reading the whole row each step is the reference, beams reordered included.
+    prompts = generation.prefix_lm_prompts(rows, SPECIALS.pad)
+    np.testing.assert_array_equal(prompts['prefix_flags'].sum(1), [6, 12, 1])
+    np.testing.assert_array_equal(prompts['tokens'][0, -6:], rows['tokens'][0, :6])
+    stacked = {k: jnp.asarray(v) for k, v in generation.start_rows(rows, form, SPECIALS).items()}
+    reread_fn = generation._stack_generate  # pylint: disable=protected-access
+    for options in (greedy, beam4):
+      reread = reread_fn(model, params, stacked, form, options, int(SPECIALS.mask),
+                         jax.random.key(0))
+      cached = generation.generate_batch(model, params, rows, form, options, SPECIALS)
+      np.testing.assert_array_equal(cached[:2], np.asarray(reread['tokens'])[:2])
 
 
 def test_ids_to_text_stops_at_eos_and_drops_reserved_ids():
