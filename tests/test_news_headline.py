@@ -1,10 +1,11 @@
 """news_headline: ROUGE against hand counts, the split hold-out from news_en pretraining, the row
-forms, single-stack decoding = step-by-step recompute (prefix LM through the KV cache = the
-uncached re-read, greedy and beam), each form's fine-tuning loss, and
+forms, single-stack decoding = step-by-step recompute (prefix LM, UniLM and GLM through a KV
+cache = the uncached re-read, greedy and beam), each form's fine-tuning loss, and
 a tiny generation fine-tune end to end (pretrained and random rows, ROUGE in [0, 1])."""
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +19,7 @@ from ptm_jax.data import sources
 from ptm_jax.data.sources import downstream, news_en, news_headline
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.objectives import seq2seq_finetune
-from ptm_jax.tasks import finetune, generation
+from ptm_jax.tasks import finetune, generation, stack_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = SpecialIds(300, extra=(5, 6))
@@ -153,19 +154,32 @@ _FAMILIES = {
 }
 
 
-def _model(form):
+def _model(form, **overrides):
   family, fields = _FAMILIES[form]
   model = models.build(family, 'runlocal', vocab_size=300, embed_dim=32, num_heads=2, head_dim=16,
-                       mlp_dim=64, dropout_rate=0.0, max_position_embeddings=64, **fields)
+                       mlp_dim=64, dropout_rate=0.0, max_position_embeddings=64,
+                       **{**fields, **overrides})
   t = jnp.zeros((2, 18), jnp.int32)
   params = model.init(jax.random.key(0), t, segment_ids=jnp.ones_like(t),
                       positions=jnp.broadcast_to(jnp.arange(18), t.shape))['params']
   return model, params
 
 
+def _strong(params, seed=0):
+  """Weights redrawn N(0, 0.2) (norm gains near 1): at init scale (0.02) the tiny models' next
+  token hardly depends on the context, so a wrong mask or cache would go unseen."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    noise = 0.2 * rng.standard_normal(x.shape).astype(np.float32)
+    return jnp.asarray(noise + 1.0 if path[-1].key == 'scale' else noise)
+  return jax.tree_util.tree_map_with_path(draw, flax.core.meta.unbox(params))
+
+
 @pytest.mark.parametrize('form', ['prefix_lm', 'unilm', 'glm'])
 def test_stack_decoding_equals_step_by_step_recompute(form):
   model, params = _model(form)
+  params = _strong(params)
   rows = _rows(form)
   greedy = decoding.Options(max_new_tokens=6, strategy='greedy', eos_ids=(SPECIALS.eos,))
   out = generation.generate_batch(model, params, rows, form, greedy, SPECIALS)
@@ -194,21 +208,43 @@ def test_stack_decoding_equals_step_by_step_recompute(form):
                                                           SPECIALS)[:2], out[:2])
   beam4 = decoding.Options(max_new_tokens=6, strategy='beam', num_beams=4, length_penalty=0.6,
                            eos_ids=(SPECIALS.eos,))
-  if form == 'unilm':  # beams reorder the whole row state (UniLM also writes its [MASK])
-    assert generation.generate_batch(model, params, rows, form, beam4, SPECIALS).shape == (3, 6)
+  # generate_batch decodes through a KV cache: the prefix LM's prompt left-padded and flagged as
+  # the prefix (a decoder), UniLM and GLM with the encoder's cache (tasks/stack_cache.py).
+  # Re-reading the whole row at each step is the reference, reordered beams included.
+  stacked = {k: jnp.asarray(v) for k, v in generation.start_rows(rows, form, SPECIALS).items()}
+  reread_fn = generation._stack_generate  # pylint: disable=protected-access
+  for options in (greedy, beam4):
+    reread = reread_fn(model, params, stacked, form, options, int(SPECIALS.mask), jax.random.key(0))
+    cached = generation.generate_batch(model, params, rows, form, options, SPECIALS)
+    np.testing.assert_array_equal(cached[:2], np.asarray(reread['tokens'])[:2])
   if form == 'prefix_lm':
-    # generate_batch decodes a prefix LM with the KV cache (prompt left-padded, flagged as the
-    # prefix); re-reading the whole row each step is the reference, beams reordered included.
     prompts = generation.prefix_lm_prompts(rows, SPECIALS.pad)
     np.testing.assert_array_equal(prompts['prefix_flags'].sum(1), [6, 12, 1])
     np.testing.assert_array_equal(prompts['tokens'][0, -6:], rows['tokens'][0, :6])
-    stacked = {k: jnp.asarray(v) for k, v in generation.start_rows(rows, form, SPECIALS).items()}
-    reread_fn = generation._stack_generate  # pylint: disable=protected-access
-    for options in (greedy, beam4):
-      reread = reread_fn(model, params, stacked, form, options, int(SPECIALS.mask),
-                         jax.random.key(0))
-      cached = generation.generate_batch(model, params, rows, form, options, SPECIALS)
-      np.testing.assert_array_equal(cached[:2], np.asarray(reread['tokens'])[:2])
+  else:  # the prefill: source + [MASK] (UniLM) / [START] (GLM), right-aligned
+    start = generation.start_rows(rows, form, SPECIALS)
+    prefill = stack_cache.prefill_rows(start, form)
+    used = start['prompt_len'] + 1
+    np.testing.assert_array_equal(prefill['segment_ids'].sum(1), used)
+    np.testing.assert_array_equal(prefill['tokens'][:2, -1],
+                                  [SPECIALS.mask if form == 'unilm' else SPECIALS.extra[0]] * 2)
+    np.testing.assert_array_equal(prefill['tokens'][0, -used[0]:], start['tokens'][0, :used[0]])
+    np.testing.assert_array_equal(prefill['positions'][1, -used[1]:],
+                                  start['positions'][1, :used[1]])
+
+
+@pytest.mark.parametrize('form', ['unilm', 'glm'])
+def test_cached_encoder_decoding_with_rotary_positions_and_pre_norm(form):
+  # The encoder's cache rotates keys before caching them; a pre-LN stack ends in its final norm.
+  model, params = _model(form, positions='rotary', pre_norm=True)
+  params, rows = _strong(params, seed=1), _rows(form)
+  beam4 = decoding.Options(max_new_tokens=6, strategy='beam', num_beams=4, length_penalty=0.6,
+                           eos_ids=(SPECIALS.eos,))
+  stacked = {k: jnp.asarray(v) for k, v in generation.start_rows(rows, form, SPECIALS).items()}
+  reread_fn = generation._stack_generate  # pylint: disable=protected-access
+  reread = reread_fn(model, params, stacked, form, beam4, int(SPECIALS.mask), jax.random.key(0))
+  cached = generation.generate_batch(model, params, rows, form, beam4, SPECIALS)
+  np.testing.assert_array_equal(cached[:2], np.asarray(reread['tokens'])[:2])
 
 
 def test_ids_to_text_stops_at_eos_and_drops_reserved_ids():

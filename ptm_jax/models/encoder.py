@@ -16,9 +16,10 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from ptm_jax.layers import blocks, embeddings, masks, mlp, norms
+from ptm_jax.layers import attention, blocks, embeddings, masks, mlp, norms
 from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
@@ -184,6 +185,7 @@ class Model(nn.Module):
       self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), use_bias=True,
                                      stddev=cfg.initializer_range, **dt)
     block = blocks.block_class(cfg.remat)
+    self.decode_cache = attention.DecodeCache()  # only used (and only has state) with use_cache
     self.layers = [
         block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
               pre_norm=cfg.pre_norm, norm='layernorm', norm_eps=cfg.layer_norm_eps, mlp='mlp',
@@ -231,12 +233,19 @@ class Model(nn.Module):
 
   def encode(self, x_BLD: jnp.ndarray, *, segment_ids: jnp.ndarray,
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
-             output_hidden_states: bool = False, positions: jnp.ndarray | None = None):
+             output_hidden_states: bool = False, positions: jnp.ndarray | None = None,
+             use_cache: bool = False):
     """Runs the blocks on embeddings; returns (hidden `[B, L, D]`, hidden_states tuple or None).
 
     `positions` `[B, L]` is needed with rotary positions (the blocks rotate queries and keys).
+    With `use_cache` (mutable 'cache', as the decoder's; `ptm_jax.tasks.generation` decodes UniLM
+    and GLM this way) the chunk is written to the KV cache at the next slots and its queries see
+    every earlier written slot, and inside the chunk what `attention_mask` `[B, 1, L, L]` allows
+    (all of it without one): a bidirectional source prefilled in one chunk, then generated tokens.
     """
     cfg = self.config
+    if use_cache:
+      return self._encode_cached(x_BLD, segment_ids, positions, attention_mask, deterministic)
     rotary = None
     if cfg.positions == 'rotary':
       if positions is None:
@@ -259,6 +268,29 @@ class Model(nn.Module):
       states[-1] = x_BLD
     return x_BLD, (tuple(states) if output_hidden_states else None)
 
+  def _encode_cached(self, x_BLD, segment_ids, positions, chunk_mask, deterministic):
+    cfg = self.config
+    length = x_BLD.shape[1]
+    if positions is None:
+      raise ValueError('encode(use_cache=True) needs `positions`')
+    view = self.decode_cache(segment_ids, positions)
+    slot_S = jnp.arange(view.segment_ids.shape[1])
+    earlier = (slot_S < view.index)[None, None, None, :]
+    inside = jnp.ones((x_BLD.shape[0], 1, length, length), bool) if chunk_mask is None else (
+        jnp.asarray(chunk_mask, bool))
+    placed = jax.lax.dynamic_update_slice(
+        jnp.zeros((inside.shape[0], 1, length, slot_S.shape[0]), bool), inside,
+        (0, 0, 0, view.index))
+    mask = masks.combine(earlier | placed, masks.padding_mask(view.segment_ids))
+    rotary = None
+    if cfg.positions == 'rotary':
+      rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
+    for layer in self.layers:
+      x_BLD = layer(x_BLD, mask, rotary, deterministic, None, view.index)
+    if cfg.pre_norm:
+      x_BLD = self.final_norm(x_BLD)
+    return x_BLD, None
+
   def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """MLM logits `[B, L, V]` from the last hidden state (float32 unless `logits_dtype`)."""
     table = self.token_embed if self.config.tie_embeddings else self.mlm_decoder
@@ -273,7 +305,8 @@ class Model(nn.Module):
                attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
                output_hidden_states: bool = False,
                logits_positions: jnp.ndarray | None = None,
-               block_positions: jnp.ndarray | None = None) -> dict[str, Any]:
+               block_positions: jnp.ndarray | None = None,
+               use_cache: bool = False) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits, pooled, nsp_logits).
 
     With `logits_positions` `[B, K]`, MLM logits are computed only there (`[B, K, V]`): the vocab
@@ -283,7 +316,8 @@ class Model(nn.Module):
                        deterministic=deterministic, block_positions=block_positions)
     hidden_BLD, states = self.encode(x_BLD, segment_ids=segment_ids,
                                      attention_mask=attention_mask, deterministic=deterministic,
-                                     output_hidden_states=output_hidden_states, positions=positions)
+                                     output_hidden_states=output_hidden_states, positions=positions,
+                                     use_cache=use_cache)
     pooled_BD = self.pool(hidden_BLD)
     scored = hidden_BLD
     if logits_positions is not None:

@@ -17,16 +17,15 @@ One fine-tune (`run_one`, dispatched from `tasks.finetune` for tasks of kind 'ge
      lower-cased alphanumeric tokenisation) of each generated title against the article's real
      title (untruncated), averaged over the examples; the generations are kept in
      `generations_<split>.jsonl` and the scores in `generation.json` (a rerun reuses them).
-Encoder-decoders and the prefix LM (a decoder: its source is the prompt, prefilled
-bidirectionally through `prefix_flags`) decode with the KV-cached `decoding.generate`. UniLM and
-GLM (encoder stacks, no cache in their forward pass) re-run the stack over the row (source +
-generated so far) at each step and project one slot, inside `decoding`'s own greedy /
-beam-search loops (so every member is searched by the same code): GLM predicts the next token at
-the last written slot, UniLM writes a [MASK] after it and predicts that. At the `gpu` size of
-`experiments/compare_seq2seq.py` the cache makes the prefix LM's beam search ~33x faster on the
-CPU (8 rows, 4 beams, 32 tokens: 7.4 s instead of 248 s, the same titles). UniLM's and GLM's
-re-read is ~1e13 FLOPs per step of a 128-row batch at that size: an estimated few seconds per
-split on an H100 (not measured), but minutes per batch on a CPU.
+Every form decodes with a KV cache: encoder-decoders and the prefix LM (a decoder: its source
+is the prompt, prefilled bidirectionally through `prefix_flags`) through `decoding.generate`,
+UniLM and GLM (encoder stacks) through the encoder's cache (`tasks/stack_cache.py`: the source
+prefilled under the form's mask, then one token per step; UniLM feeds the chosen token and a new
+[MASK] and reads the [MASK]). Re-running the stack over the whole row at every step
+(`_stack_generate`, the reference the cached paths equal in the tests) is left for stacks
+without a cache (ALBERT). At the `gpu` size of `experiments/compare_seq2seq.py` the cache makes
+the prefix LM's beam search ~33x faster on the CPU (8 rows, 4 beams, 32 tokens: 7.4 s instead
+of 248 s, the same titles).
 """
 from __future__ import annotations
 
@@ -52,6 +51,7 @@ from ptm_jax.data import tokenizers
 from ptm_jax.data.sources import downstream
 from ptm_jax.data.sources import news_headline
 from ptm_jax.objectives import seq2seq_finetune
+from ptm_jax.tasks import stack_cache
 
 ROUGE_KEYS = ('rouge1', 'rouge2', 'rougeL')
 STRATEGIES = ('beam', 'greedy')
@@ -161,9 +161,9 @@ def prefix_lm_prompts(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, np
 def _stack_generate(model, params, rows, form: str, options: decoding.Options, mask_id: int, rng):
   """decoding's greedy / beam loops over a stack that re-reads the whole row at each step.
 
-  UniLM and GLM decode this way (their encoder stacks keep no KV cache); `generate_batch` runs a
-  prefix LM, a decoder, through `decoding.generate`'s KV cache instead (`prefix_lm_prompts`),
-  which this function equals (tests/test_news_headline.py).
+  `generate_batch` uses it only for stacks without a KV cache (ALBERT): the prefix LM decodes
+  through `decoding.generate` (`prefix_lm_prompts`), UniLM and GLM on the encoder family through
+  `stack_cache`; both equal this function (tests/test_news_headline.py).
   """
   rows = dict(rows)
   width = rows['tokens'].shape[1]
@@ -205,6 +205,9 @@ def generate_batch(model, params, batch: dict[str, np.ndarray], form: str,
     out = decoding.generate(model, params, inputs, options)
   elif form == 'prefix_lm':
     out = decoding.generate(model, params, prefix_lm_prompts(batch, specials.pad), options)
+  elif stack_cache.supports(model, form):
+    out = stack_cache.generate(model, params, start_rows(batch, form, specials), form, options,
+                               int(specials.mask), jax.random.key(0))
   else:
     rows = {k: jnp.asarray(v) for k, v in start_rows(batch, form, specials).items()}
     out = _stack_generate(model, params, rows, form, options, int(specials.mask),
