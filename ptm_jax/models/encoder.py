@@ -242,6 +242,7 @@ class Model(nn.Module):
     and GLM this way) the chunk is written to the KV cache at the next slots and its queries see
     every earlier written slot, and inside the chunk what `attention_mask` `[B, 1, L, L]` allows
     (all of it without one): a bidirectional source prefilled in one chunk, then generated tokens.
+    One document per row there (segment 0 marks padding and unwritten slots; no packing).
     """
     cfg = self.config
     if use_cache:

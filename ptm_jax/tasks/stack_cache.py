@@ -13,8 +13,8 @@ for every token (`generation._stack_generate`, which this equals; tests/test_new
     Part A, the index inside the blank) and predicts the next one;
   * UniLM step: a chunk of two, the chosen token at the slot its [MASK] held and a new [MASK]
     after it (causal inside the chunk), read at the [MASK]; the cache index then steps back one,
-    so that the next chunk overwrites that [MASK] with the token chosen there (Dong et al. 2019,
-    section 2.3's decoding, here with the cache).
+    so that the next chunk overwrites that [MASK] with the token chosen there (the scheme of
+    UniLM's reference decoder, which keeps each layer's states of the earlier slots).
 
 The per-slot features (positions, token types, block positions) of the generated slots are
 read from the `start_rows` arrays, exactly those the re-reading decoder and training use.
