@@ -218,7 +218,7 @@ def test_stack_decoding_equals_step_by_step_recompute(form):
     cached = generation.generate_batch(model, params, rows, form, options, SPECIALS)
     np.testing.assert_array_equal(cached[:2], np.asarray(reread['tokens'])[:2])
   if form == 'prefix_lm':
-    prompts = generation.prefix_lm_prompts(rows, SPECIALS.pad)
+    prompts = generation.prefix_lm_prompts(rows, SPECIALS)
     np.testing.assert_array_equal(prompts['prefix_flags'].sum(1), [6, 12, 1])
     np.testing.assert_array_equal(prompts['tokens'][0, -6:], rows['tokens'][0, :6])
   else:  # the prefill: source + [MASK] (UniLM) / [START] (GLM), right-aligned

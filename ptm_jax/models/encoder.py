@@ -245,8 +245,6 @@ class Model(nn.Module):
     One document per row there (segment 0 marks padding and unwritten slots; no packing).
     """
     cfg = self.config
-    if use_cache:
-      return self._encode_cached(x_BLD, segment_ids, positions, attention_mask, deterministic)
     rotary = None
     if cfg.positions == 'rotary':
       if positions is None:
@@ -254,7 +252,10 @@ class Model(nn.Module):
       rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
-    if cfg.mask_form != 'dense' and attention_mask is None:
+    cache_index = None
+    if use_cache:
+      mask, cache_index = self._cache_mask(segment_ids, positions, attention_mask)
+    elif cfg.mask_form != 'dense' and attention_mask is None:
       mask = masks.SegmentMask(segment_ids, causal=False, form=cfg.mask_form,
                                max_segments=cfg.mask_max_segments)
     else:
@@ -262,35 +263,27 @@ class Model(nn.Module):
                            masks.segment_mask(segment_ids, segment_ids), attention_mask)
     states = [x_BLD]
     for layer in self.layers:
-      x_BLD = layer(x_BLD, mask, rotary, deterministic)
+      x_BLD = layer(x_BLD, mask, rotary, deterministic, None, cache_index)
       states.append(x_BLD)
     if self.config.pre_norm:  # pre-LN residual streams are unnormalised until here
       x_BLD = self.final_norm(x_BLD)
       states[-1] = x_BLD
     return x_BLD, (tuple(states) if output_hidden_states else None)
 
-  def _encode_cached(self, x_BLD, segment_ids, positions, chunk_mask, deterministic):
-    cfg = self.config
-    length = x_BLD.shape[1]
+  def _cache_mask(self, segment_ids, positions, chunk_mask):
+    """(mask `[B, 1, L, S]`, cache index) of a cached chunk: every earlier written slot, and
+    inside the chunk what `chunk_mask` `[B, 1, L, L]` allows (all of it when None)."""
     if positions is None:
       raise ValueError('encode(use_cache=True) needs `positions`')
     view = self.decode_cache(segment_ids, positions)
+    num_rows, length = segment_ids.shape
     slot_S = jnp.arange(view.segment_ids.shape[1])
     earlier = (slot_S < view.index)[None, None, None, :]
-    inside = jnp.ones((x_BLD.shape[0], 1, length, length), bool) if chunk_mask is None else (
+    inside = jnp.ones((num_rows, 1, length, length), bool) if chunk_mask is None else (
         jnp.asarray(chunk_mask, bool))
     placed = jax.lax.dynamic_update_slice(
-        jnp.zeros((inside.shape[0], 1, length, slot_S.shape[0]), bool), inside,
-        (0, 0, 0, view.index))
-    mask = masks.combine(earlier | placed, masks.padding_mask(view.segment_ids))
-    rotary = None
-    if cfg.positions == 'rotary':
-      rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
-    for layer in self.layers:
-      x_BLD = layer(x_BLD, mask, rotary, deterministic, None, view.index)
-    if cfg.pre_norm:
-      x_BLD = self.final_norm(x_BLD)
-    return x_BLD, None
+        jnp.zeros((num_rows, 1, length, slot_S.shape[0]), bool), inside, (0, 0, 0, view.index))
+    return masks.combine(earlier | placed, masks.padding_mask(view.segment_ids)), view.index
 
   def mlm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """MLM logits `[B, L, V]` from the last hidden state (float32 unless `logits_dtype`)."""

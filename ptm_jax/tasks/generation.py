@@ -142,19 +142,15 @@ def start_rows(batch: dict[str, np.ndarray], form: str, specials) -> dict[str, n
   return out
 
 
-def prefix_lm_prompts(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
-  """A prefix LM batch's sources as `decoding.generate` inputs: left-padded to the row width
-  (one compiled shape for every batch), flagged as the bidirectional prefix; positions then count
-  from 0 at each source's first token, as in the training rows. Padding rows keep one token."""
-  tokens = np.asarray(batch['tokens'])
-  width = tokens.shape[1]
-  real_B = np.asarray(batch['label_weight']) > 0
-  prompt_B = np.where(real_B, np.asarray(batch['prompt_len']), 1).astype(np.int32)
-  source_slot_BL = np.arange(width)[None, :] - (width - prompt_B)[:, None]
-  inside_BL = source_slot_BL >= 0
-  left = np.take_along_axis(tokens, np.maximum(source_slot_BL, 0), axis=1)
-  return {'tokens': np.where(inside_BL, left, pad_id).astype(np.int32),
-          'segment_ids': inside_BL.astype(np.int32), 'prefix_flags': inside_BL.astype(np.int32)}
+def prefix_lm_prompts(batch: dict[str, np.ndarray], specials) -> dict[str, np.ndarray]:
+  """A prefix LM batch's sources (`start_rows`') as `decoding.generate` inputs: left-padded to
+  the row width (one compiled shape for every batch) and flagged as the bidirectional prefix;
+  positions then count from 0 at each source's first token, as in the training rows."""
+  start = start_rows(batch, 'prefix_lm', specials)
+  width = start['tokens'].shape[1]
+  inputs = decoding.left_pad([row[:n] for row, n in zip(start['tokens'], start['prompt_len'])],
+                             specials.pad, bucket=width)
+  return {**inputs, 'prefix_flags': inputs['segment_ids'].copy()}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'form', 'options', 'mask_id'))
@@ -204,7 +200,7 @@ def generate_batch(model, params, batch: dict[str, np.ndarray], form: str,
     inputs = {'encoder_tokens': batch['tokens'], 'encoder_segment_ids': segment_ids}
     out = decoding.generate(model, params, inputs, options)
   elif form == 'prefix_lm':
-    out = decoding.generate(model, params, prefix_lm_prompts(batch, specials.pad), options)
+    out = decoding.generate(model, params, prefix_lm_prompts(batch, specials), options)
   elif stack_cache.supports(model, form):
     out = stack_cache.generate(model, params, start_rows(batch, form, specials), form, options,
                                int(specials.mask), jax.random.key(0))
