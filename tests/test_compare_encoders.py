@@ -43,6 +43,13 @@ def test_mlm_flops_match_the_hand_count():
   dense.objective.sparse_logits = False
   assert flops.breakdown(dense, vocab_size=VOCAB)['mlm_head'] == pytest.approx(
       3 * (2 * 64 * 64 + 2 * 64 * VOCAB))
+  # slab_rows=4: one slab of mean + 6 sd over 4 rows (K_4 = ceil(38.4 + 6 sd + 1) = 74 slots,
+  # 18.5 per row instead of 28).
+  shared = _member('mlm')
+  shared.objective.slab_rows = 4
+  assert mlm.max_predictions(256, 0.15) == 74
+  assert flops.breakdown(shared, vocab_size=VOCAB)['mlm_head'] == pytest.approx(
+      3 * 74 / 4 / 64 * (2 * 64 * 64 + 2 * 64 * VOCAB))
   # 6 N_blocks + 12 L T D: the Kaplan form of the same block count (no biases, one head).
   n_blocks = 2 * (4 * 64 * 64 + 2 * 64 * 256)
   assert parts['blocks'] == pytest.approx(6 * n_blocks + 12 * 2 * 64 * 64)

@@ -510,6 +510,14 @@ def test_benchmark_variants_flag():
   wl = throughput.workload_spec('gpt2_small', throughput.parse_args(['--tiny']))
   spec = dict(options=dict(dropout='hash'), dropout=0.1, remat=False)
   assert throughput_ours._build(wl, spec, None, 'float32')[0].config.dropout_impl == 'hash'
+  # slab=R reaches BERT's MLM options (R rows share a scored slab); GPT-2 has no slab.
+  assert throughput.parse_variants('slab=32') == [dict(slab=32)]
+  assert throughput.applied_options(gpt, dict(slab=32)) == {}
+  bert_wl = throughput.workload_spec('bert_base', throughput.parse_args(['--tiny']))
+  assert throughput.applied_options(bert_wl, dict(slab=32)) == dict(slab=32)
+  corrupt_fn = throughput_ours._build(bert_wl, dict(options=dict(slab=2), dropout=0.1,
+                                                    remat=False), None, 'float32')[2]
+  assert corrupt_fn.keywords['options'].slab_rows == 2
   opts = args.variant_list[1]
   bert = throughput.workload_spec('bert_base', args)
   gpt = throughput.workload_spec('gpt2_small', args)

@@ -203,3 +203,83 @@ def test_sparse_logits_gather_every_selected_position_and_match_dense_loss():
   dense_loss, dense_m = mlm.loss(params, dense, None, model=model)
   np.testing.assert_allclose(float(sparse_loss), float(dense_loss), rtol=1e-5)
   assert float(sparse_m['num_targets']) == float(dense_m['num_targets'])
+
+
+@pytest.mark.parametrize('family', ['encoder', 'albert'])
+def test_shared_slab_holds_every_selected_position_and_matches_per_row(family):
+  """slab_rows=4: one `[B/4, K_4]` slab per 4 rows (K_4 < 4 K_1) holds exactly the selected
+  positions (row r, position p at slot (r % 4) * L + p); loss, metrics and every parameter
+  gradient equal the per-row slab's; a slab_rows that does not divide the batch is one error."""
+  from ptm_jax import models
+  specials = SpecialIds(vocab_size=211)
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(5, 211, size=(8, 64)).astype(np.int32)
+  segs = np.ones_like(tokens)
+  segs[1, 40:] = 0
+  segs[6, 10:] = 0
+  batch = {'tokens': jnp.asarray(tokens), 'segment_ids': jnp.asarray(segs),
+           'positions': jnp.asarray(np.tile(np.arange(64), (8, 1)).astype(np.int32))}
+  per_row = mlm.corrupt(jax.random.key(0), batch, specials=specials, options=mlm.Options())
+  shared = mlm.corrupt(jax.random.key(0), batch, specials=specials,
+                       options=mlm.Options(slab_rows=4))
+  for key in ('inputs', 'weights'):  # the same corruption; only the slab's layout differs
+    np.testing.assert_array_equal(np.asarray(per_row[key]), np.asarray(shared[key]))
+  k4 = mlm.max_predictions(4 * 64, 0.15)
+  assert shared['mlm_positions'].shape == (2, k4) and k4 < 4 * mlm.max_predictions(64, 0.15)
+  selected = np.asarray(shared['weights']).reshape(2, 4 * 64)
+  for slab in range(2):
+    want = np.flatnonzero(selected[slab])
+    n = len(want)
+    np.testing.assert_array_equal(np.asarray(shared['mlm_positions'][slab, :n]), want)
+    assert float(shared['mlm_weights'][slab].sum()) == n
+    np.testing.assert_array_equal(np.asarray(shared['mlm_targets'][slab, :n]),
+                                  tokens.reshape(2, -1)[slab, want])
+  model = models.build(family, 'runlocal', vocab_size=211, num_layers=1, embed_dim=32,
+                       num_heads=2, mlp_dim=64, dropout_rate=0.0)
+  params = model.init(jax.random.key(1), batch['tokens'], segment_ids=batch['segment_ids'],
+                      positions=batch['positions'])['params']
+  grad_fn = jax.jit(jax.value_and_grad(lambda p, b: mlm.loss(p, b, None, model=model),
+                                       has_aux=True))
+  (loss_1, m_1), g_1 = grad_fn(params, per_row)
+  (loss_4, m_4), g_4 = grad_fn(params, shared)
+  np.testing.assert_allclose(float(loss_4), float(loss_1), rtol=1e-6)
+  for key in ('accuracy', 'num_targets'):
+    np.testing.assert_allclose(float(m_4[key]), float(m_1[key]), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g_4), jax.tree_util.tree_leaves(g_1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match='slab_rows=3 must divide the batch of 8 rows'):
+    mlm.corrupt(jax.random.key(0), batch, specials=specials, options=mlm.Options(slab_rows=3))
+  with pytest.raises(ValueError, match='slab_rows must be >= 1'):
+    mlm.Options(slab_rows=0)
+
+
+def test_shared_slab_over_eight_devices_equals_one_device():
+  """A data-parallel batch of 16 rows over 8 fake devices with slab_rows=2 (one slab per shard):
+  the same loss and gradients as the unsharded step."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from ptm_jax import models, sharding, train
+  specials = SpecialIds(vocab_size=211)
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(5, 211, size=(16, 32)).astype(np.int32)
+  batch = {'tokens': jnp.asarray(tokens), 'segment_ids': jnp.ones_like(tokens),
+           'positions': jnp.asarray(np.tile(np.arange(32), (16, 1)).astype(np.int32))}
+  options = mlm.Options(slab_rows=2)
+  model = models.build('encoder', 'runlocal', vocab_size=211, num_layers=1, embed_dim=32,
+                       num_heads=2, mlp_dim=64, dropout_rate=0.0)
+  params = model.init(jax.random.key(1), batch['tokens'], segment_ids=batch['segment_ids'],
+                      positions=batch['positions'])['params']
+
+  def loss_and_grad(p, b):
+    corrupted = mlm.corrupt(jax.random.key(2), b, specials=specials, options=options)
+    return jax.value_and_grad(lambda q: mlm.loss(q, corrupted, None, model=model)[0])(p)
+
+  one = jax.jit(loss_and_grad)(params, batch)
+  mesh = sharding.make_mesh('dp')
+  assert mesh.devices.size == 8
+  rows = NamedSharding(mesh, P(('data', 'fsdp')))
+  with train._mesh_context(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    eight = jax.jit(loss_and_grad)(jax.device_put(params, NamedSharding(mesh, P())),
+                                   jax.device_put(batch, rows))
+  np.testing.assert_allclose(float(eight[0]), float(one[0]), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(eight[1]), jax.tree_util.tree_leaves(one[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

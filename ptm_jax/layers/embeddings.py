@@ -26,6 +26,19 @@ def logits_dtype(cfg) -> jnp.dtype:
   return jnp.dtype(jnp.float32) if name == 'float32' else jnp.dtype(cfg.dtype)
 
 
+def gather_slab(hidden_BLD, positions_GK):
+  """Hidden states at the scored slots, `[G, K, D]`: per row when G == B; otherwise each of the G
+  slabs is B / G consecutive rows laid end to end (slot p of slab g is row g * B / G + p // L,
+  position p % L; `objectives.mlm.gather_selected` with `slab_rows`)."""
+  num_rows, length, width = hidden_BLD.shape
+  groups = positions_GK.shape[0]
+  if num_rows % groups:
+    raise ValueError(f'{groups} scored slabs do not divide a batch of {num_rows} rows')
+  slab_GWD = nn.with_logical_constraint(
+      hidden_BLD.reshape(groups, num_rows // groups * length, width), ('batch', 'length', 'embed'))
+  return jnp.take_along_axis(slab_GWD, positions_GK[..., None], axis=1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def vocab_logits(x_ND, w, layout: str, keep: int, out_dtype: Any = jnp.float32):
   """Logits `x @ W` over the first `keep` vocabulary entries (float32 unless `out_dtype` says

@@ -210,7 +210,8 @@ class Model(nn.Module):
                logits_positions=None) -> dict[str, Any]:
     """tokens/segment_ids/positions `[B, L]` -> dict(hidden, logits, pooled, sop_logits).
 
-    With `logits_positions` `[B, K]`, MLM logits are computed only there (`[B, K, V]`).
+    With `logits_positions` `[B, K]`, MLM logits are computed only there (`[B, K, V]`); `[G, K]`
+    with G < B indexes slabs of B / G rows (`embeddings.gather_slab`).
     """
     x_BLD = self.embed(tokens, positions=positions, token_types=token_types,
                        deterministic=deterministic)
@@ -220,7 +221,7 @@ class Model(nn.Module):
     pooled_BD = self.pool(hidden_BLD)
     scored = hidden_BLD
     if logits_positions is not None:
-      scored = jnp.take_along_axis(hidden_BLD, logits_positions[..., None], axis=1)
+      scored = embeddings.gather_slab(hidden_BLD, logits_positions)
     out = dict(hidden=hidden_BLD, logits=self.mlm_logits(scored), pooled=pooled_BD,
                sop_logits=self.sop_head(pooled_BD).astype(jnp.float32))
     if output_hidden_states:

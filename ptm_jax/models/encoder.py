@@ -304,7 +304,8 @@ class Model(nn.Module):
     """tokens/segment_ids/positions `[B, L]` int32 -> dict(hidden, logits, pooled, nsp_logits).
 
     With `logits_positions` `[B, K]`, MLM logits are computed only there (`[B, K, V]`): the vocab
-    projection dominates a small encoder's cost and MLM scores ~15 % of positions.
+    projection dominates a small encoder's cost and MLM scores ~15 % of positions. `[G, K]` with
+    G < B indexes slabs of B / G rows (`embeddings.gather_slab`; logits `[G, K, V]`).
     """
     x_BLD = self.embed(tokens, positions=positions, token_types=token_types,
                        deterministic=deterministic, block_positions=block_positions)
@@ -315,7 +316,7 @@ class Model(nn.Module):
     pooled_BD = self.pool(hidden_BLD)
     scored = hidden_BLD
     if logits_positions is not None:
-      scored = jnp.take_along_axis(hidden_BLD, logits_positions[..., None], axis=1)  # [B, K, D]
+      scored = embeddings.gather_slab(hidden_BLD, logits_positions)  # [G, K, D]
     out = dict(hidden=hidden_BLD, logits=self.mlm_logits(scored), pooled=pooled_BD,
                nsp_logits=self.nsp_head(pooled_BD).astype(jnp.float32))
     if self.config.rtd_head:

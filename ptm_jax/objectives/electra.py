@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import optax
 
 from ptm_jax import models
-from ptm_jax.layers import mlp
+from ptm_jax.layers import embeddings, mlp
 from ptm_jax.models import encoder
 from ptm_jax.objectives import common, mlm
 
@@ -146,7 +146,7 @@ class Generator(nn.Module):
                                         positions=positions)
     scored = hidden_BLH
     if logits_positions is not None:
-      scored = jnp.take_along_axis(hidden_BLH, logits_positions[..., None], axis=1)  # [B, K, Hg]
+      scored = embeddings.gather_slab(hidden_BLH, logits_positions)
     return self.mlm_head(scored, decode), hidden_BLH
 
 

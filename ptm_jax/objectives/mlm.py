@@ -15,12 +15,19 @@ With `sparse_logits` (default) the vocabulary projection runs only at the select
 gathered into a static `[B, K]` slab with K = L*rate + 6 standard deviations of the binomial
 count (`mlm_positions`); a row would need more than that many selections for one to be left
 unscored (probability < 1e-8), so this is BERT's max_predictions_per_seq without its bias.
+With `slab_rows` R > 1 the slab is shared by R consecutive rows (`[B/R, K_R]`, K_R from R*L
+positions): the 6-standard-deviation margin grows as sqrt(R) instead of R, so fewer slots are
+projected onto the vocabulary for the same loss (at 32 rows of 64 tokens, 406 slots for the batch
+instead of 32 x 28 = 896). Choose R as a divisor of the rows each data shard holds, so a slab
+never spans devices.
 
 Tests (tests/test_objectives_mlm.py) check on >= 1e5 positions: the selection rate among
 eligible positions is 0.15 +- 0.005; padding and reserved ids are never selected; the 80/10/10
 split is within +-1.5 % absolute; random replacements are never reserved and roughly uniform;
 the same rng gives the same mask and different rngs different ones; corrupt works under jit;
-targets equal the original tokens; the loss equals a hand-computed weighted cross-entropy.
+targets equal the original tokens; the loss equals a hand-computed weighted cross-entropy; a
+slab holds exactly the selected positions, per row or shared (loss and gradients equal, also
+over 8 devices).
 """
 from __future__ import annotations
 
@@ -41,8 +48,12 @@ class Options:
   mask_token_rate: float = 0.8
   random_token_rate: float = 0.1
   sparse_logits: bool = True  # score only the selected positions (same loss, ~5x less vocab work)
+  slab_rows: int = 1  # consecutive rows sharing one scored slab (must divide the batch)
 
   def __post_init__(self):
+    if int(self.slab_rows) < 1:
+      raise ValueError(f'mlm.Options.slab_rows must be >= 1 (rows per scored slab), '
+                       f'got {self.slab_rows}')
     for name in ('mask_rate', 'mask_token_rate', 'random_token_rate'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'mlm.Options.{name} must be in [0, 1], got {getattr(self, name)}')
@@ -87,7 +98,7 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
   out = {**batch, 'inputs': inputs_BL, 'targets': tokens_BL,
          'weights': selected_BL.astype(jnp.float32)}
   if options.sparse_logits:
-    out.update(gather_selected(selected_BL, tokens_BL, options.mask_rate))
+    out.update(gather_selected(selected_BL, tokens_BL, options.mask_rate, options.slab_rows))
   return out
 
 
@@ -97,16 +108,25 @@ def max_predictions(length: int, rate: float) -> int:
   return int(min(length, math.ceil(mean + 6.0 * std + 1)))
 
 
-def gather_selected(selected_BL, tokens_BL, rate: float) -> dict[str, jax.Array]:
-  """The selected positions of each row, first K of them, padded with weight 0: [B, K] each."""
-  length = selected_BL.shape[1]
-  k = max_predictions(length, rate)
-  order = jnp.arange(length, dtype=jnp.int32)
-  # Selected positions sort first (keys < L), in order; unselected ones after them.
-  positions_BK = jnp.argsort(jnp.where(selected_BL, order, order + length), axis=1)[:, :k]
-  weights_BK = jnp.take_along_axis(selected_BL, positions_BK, axis=1).astype(jnp.float32)
-  return {'mlm_positions': positions_BK.astype(jnp.int32), 'mlm_weights': weights_BK,
-          'mlm_targets': jnp.take_along_axis(tokens_BL, positions_BK, axis=1)}
+def gather_selected(selected_BL, tokens_BL, rate: float, slab_rows: int = 1
+                    ) -> dict[str, jax.Array]:
+  """The selected positions of each slab of `slab_rows` consecutive rows (laid end to end: slot
+  p of slab g is row g * slab_rows + p // L, position p % L), first K of them, padded with weight
+  0: `[B / slab_rows, K]` each (`layers.embeddings.gather_slab` reads hidden states there)."""
+  num_rows, length = selected_BL.shape
+  if num_rows % slab_rows:
+    raise ValueError(f'mlm slab_rows={slab_rows} must divide the batch of {num_rows} rows; set '
+                     '--config.objective.slab_rows to a divisor of the rows per data shard')
+  width = slab_rows * length
+  selected_GW = selected_BL.reshape(num_rows // slab_rows, width)
+  tokens_GW = tokens_BL.reshape(num_rows // slab_rows, width)
+  k = max_predictions(width, rate)
+  order = jnp.arange(width, dtype=jnp.int32)
+  # Selected positions sort first (keys < width), in order; unselected ones after them.
+  positions_GK = jnp.argsort(jnp.where(selected_GW, order, order + width), axis=1)[:, :k]
+  weights_GK = jnp.take_along_axis(selected_GW, positions_GK, axis=1).astype(jnp.float32)
+  return {'mlm_positions': positions_GK.astype(jnp.int32), 'mlm_weights': weights_GK,
+          'mlm_targets': jnp.take_along_axis(tokens_GW, positions_GK, axis=1)}
 
 
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):
