@@ -120,13 +120,19 @@ def gather_selected(selected_BL, tokens_BL, rate: float, slab_rows: int = 1
   width = slab_rows * length
   selected_GW = selected_BL.reshape(num_rows // slab_rows, width)
   tokens_GW = tokens_BL.reshape(num_rows // slab_rows, width)
-  k = max_predictions(width, rate)
+  return gather_first(selected_GW, tokens_GW, max_predictions(width, rate))
+
+
+def gather_first(selected_BW, tokens_BW, k: int) -> dict[str, jax.Array]:
+  """The first k selected positions of each row of `[B, W]`, padded with weight 0: mlm_* `[B, k]`
+  (the slab of every sparse-logits objective: MLM, whole words, ERNIE, SpanBERT, UniLM, GLM)."""
+  width = selected_BW.shape[1]
   order = jnp.arange(width, dtype=jnp.int32)
   # Selected positions sort first (keys < width), in order; unselected ones after them.
-  positions_GK = jnp.argsort(jnp.where(selected_GW, order, order + width), axis=1)[:, :k]
-  weights_GK = jnp.take_along_axis(selected_GW, positions_GK, axis=1).astype(jnp.float32)
-  return {'mlm_positions': positions_GK.astype(jnp.int32), 'mlm_weights': weights_GK,
-          'mlm_targets': jnp.take_along_axis(tokens_GW, positions_GK, axis=1)}
+  positions_BK = jnp.argsort(jnp.where(selected_BW, order, order + width), axis=1)[:, :k]
+  return {'mlm_positions': positions_BK.astype(jnp.int32),
+          'mlm_weights': jnp.take_along_axis(selected_BW, positions_BK, axis=1).astype(jnp.float32),
+          'mlm_targets': jnp.take_along_axis(tokens_BW, positions_BK, axis=1)}
 
 
 def loss(params, batch, rng, *, model, specials=None, options: Options = Options()):

@@ -61,14 +61,8 @@ def max_unit_predictions(length: int, rate: float, max_unit_tokens: float = 4.0)
   return int(min(length, math.ceil(mean + 6.0 * std + 1)))
 
 
-def gather_selected(selected_BL, tokens_BL, k: int) -> dict[str, jax.Array]:
-  """The first k selected positions of each row, padded with weight 0: mlm_* arrays `[B, k]`."""
-  length = selected_BL.shape[1]
-  order = jnp.arange(length, dtype=jnp.int32)
-  positions_BK = jnp.argsort(jnp.where(selected_BL, order, order + length), axis=1)[:, :k]
-  return {'mlm_positions': positions_BK.astype(jnp.int32),
-          'mlm_weights': jnp.take_along_axis(selected_BL, positions_BK, axis=1).astype(jnp.float32),
-          'mlm_targets': jnp.take_along_axis(tokens_BL, positions_BK, axis=1)}
+# The first k selected positions of each row, padded with weight 0: mlm_* arrays `[B, k]`.
+gather_selected = mlm.gather_first
 
 
 def mask_units(rng, batch, unit_BL, num_units: int, *, specials, options, sparse_k: int | None):
