@@ -8,6 +8,15 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# XLA compilation is most of the suite's time (2026-11-25, both workers, the notebook aside: 32 of
+# 55 minutes were backend compiles) and most tests run each program they compile a handful of
+# times. So compile without LLVM's optimisations (`jax_disable_most_optimizations`: -O0, no
+# expensive passes; the same HLO, so the same semantics): compile time halves and the suite took
+# 22 instead of 28 minutes. Tests marked `runtime_bound` (hundreds of steps of one program, the
+# quickstart job) get XLA's full optimisations back, in this process and in their subprocesses
+# (below). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to compile everything fully optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 # One persistent XLA compilation cache for the whole run: the xdist controller creates it (and
 # removes it at the end), the workers and every subprocess (CLI runs, the notebook's kernel) inherit
 # the variables. Tests rebuild the same steps and models many times over, in both workers; an
@@ -41,6 +50,21 @@ def data_dir():
   path = os.environ["PTM_JAX_TEST_DATA_DIR"]
   os.environ["PTM_JAX_DATA_DIR"] = path
   return path
+
+
+@pytest.fixture(autouse=True)
+def _full_xla_optimisation_when_runtime_bound(request, monkeypatch):
+  """A `runtime_bound` test compiles with XLA's full optimisations, here and in its subprocesses."""
+  if request.node.get_closest_marker("runtime_bound") is None:
+    yield
+    return
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")  # CLI runs, the notebook's kernel
+  before = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def pytest_sessionfinish(session):

@@ -28,6 +28,7 @@ def test_notebook_has_no_logic():
 
 
 @pytest.mark.long
+@pytest.mark.runtime_bound  # and compiled as `make run` compiles it, so it reproduces its numbers
 def test_notebook_executes_and_pretraining_beats_random_init(data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = str(tmp_path / 'quickstart')

@@ -33,6 +33,7 @@ SMALL = {"mesh.num_devices": 1, "train.steps": 100, "train.batch_size": 16, "tra
          "train.eval_batches": 2, "train.checkpoint_every": 100}
 
 
+@pytest.mark.runtime_bound  # 100 steps: -O0 code would take ~1.7x as long as its compile saves
 @pytest.mark.parametrize("spec", ["experiments/bert.py:runlocal", "experiments/gpt.py:runlocal"])
 def test_runlocal_loss_falls_on_real_text(spec, data_dir, tmp_path):
   cfg = _load(spec, **SMALL)
@@ -54,6 +55,7 @@ def test_runlocal_loss_falls_on_real_text(spec, data_dir, tmp_path):
   assert train.count_params(params) == result.num_params
 
 
+@pytest.mark.runtime_bound  # 2026-11-25: 42 s fully optimised, 74 s at -O0
 def test_exact_resume_in_a_new_process(data_dir, tmp_path):
   common = ["--config", "experiments/gpt.py:runlocal", "--config.train.steps=8",
             "--config.train.log_every=1", "--config.train.eval_every=0",
