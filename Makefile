@@ -27,7 +27,8 @@ run: setup
 	$(PY) -m ptm_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 \
+	    $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs

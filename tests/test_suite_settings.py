@@ -1,4 +1,4 @@
-"""The suite's compile settings (tests/conftest.py): -O0 by default, full optimisation on request."""
+"""The suite's compile settings (tests/conftest.py): -O0 by default, fully optimised on request."""
 import os
 import subprocess
 import sys
