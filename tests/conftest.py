@@ -12,10 +12,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA compilation is most of the suite's time (2026-11-25, both workers, the notebook aside: 32 of
 # 55 minutes were backend compiles) and most tests run each program they compile a handful of
 # times. So compile without LLVM's optimisations (`jax_disable_most_optimizations`: -O0, no
-# expensive passes; the same HLO, so the same semantics): compile time halves and the suite took
-# 22 instead of 28 minutes. Tests marked `runtime_bound` (hundreds of steps of one program, the
-# quickstart job) get XLA's full optimisations back, in this process and in their subprocesses
-# (below). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to compile everything fully optimised.
+# expensive passes; the same HLO, so the same semantics): compile time halves and the suite
+# without the notebook took 22 instead of 28 minutes. Tests marked `runtime_bound` (hundreds of
+# steps of one program, the quickstart job) get XLA's full optimisations back, in this process
+# and in their subprocesses (below). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to compile everything fully optimised.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One persistent XLA compilation cache for the whole run: the xdist controller creates it (and
