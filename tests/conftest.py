@@ -15,7 +15,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # expensive passes; the same HLO, so the same semantics): compile time halves and the suite
 # without the notebook took 22 instead of 28 minutes. Tests marked `runtime_bound` (hundreds of
 # steps of one program, the quickstart job) get XLA's full optimisations back, in this process
-# and in their subprocesses (below). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to compile everything fully optimised.
+# and in their subprocesses (below). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to compile everything
+# fully optimised.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One persistent XLA compilation cache for the whole run: the xdist controller creates it (and
