@@ -201,8 +201,12 @@ def test_remat_same_outputs_and_grads_finite_on_padding(family):
                                           for m in (plain, remat)])(params)
   assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves((l1, g1)))
   np.testing.assert_allclose(l1, l2, rtol=1e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                         g1, g2)
+  # Recomputation reorders float32 sums, so each gradient is compared at its own scale: an element
+  # near 0.9 of a tensor reaching 12.8 once differed by 1.9e-5 (1.5e-6 of the scale) on one CPU.
+  def close_at_scale(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+  jax.tree_util.tree_map(close_at_scale, g1, g2)
 
 
 def test_roberta_options():
