@@ -115,8 +115,8 @@ def is_encoder_decoder(model) -> bool:
 
 def _decoder_logits(module, tokens, segment_ids, positions, prefix_flags=None):
   x_BLD = module.embed(tokens, positions=positions)
-  hidden_BLD, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
-                                prefix_flags=prefix_flags, use_cache=True)
+  hidden_BLD, _, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
+                                   prefix_flags=prefix_flags, use_cache=True)
   return module.lm_logits(hidden_BLD[:, -1:])[:, 0]
 
 

@@ -15,27 +15,35 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `expert` (MoE expert parallelism) sits next to `tensor`, the innermost (fastest-linked) axis.
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "expert", "layers")
 
-# Logical name -> mesh axis. ~10 rules, shared by every preset.
+# Logical name -> mesh axis. ~10 rules, shared by every preset. Flax applies them in this order and
+# skips a rule whose mesh axes an array already uses: the experts of an MoE layer's `[E, B, C, D]`
+# activations take `expert` first, so their `batch` falls back to data x fsdp (the all-to-all);
+# everywhere else `batch` spans all three data-like axes.
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("expert", "expert"),
+    ("batch", ("data", "fsdp", "expert")),
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("vocab", "tensor"),
-    ("expert", "fsdp"),
     ("kv", None),
     ("length", None),
     ("layers", None),
 )
 
 # Preset -> which axis absorbs the devices (-1) and fixed sizes for the others.
+# `expert`: every device holds num_experts / devices experts of each MoE layer and its own rows of
+# the batch (dense weights replicated, as `dp`); tokens travel to their experts' devices.
 PRESETS = {
-    "dp": {"data": -1, "fsdp": 1, "tensor": 1},
-    "fsdp": {"data": 1, "fsdp": -1, "tensor": 1},
-    "fsdp_tp": {"data": 1, "fsdp": -1, "tensor": 2},
+    "dp": {"data": -1, "fsdp": 1, "expert": 1, "tensor": 1},
+    "fsdp": {"data": 1, "fsdp": -1, "expert": 1, "tensor": 1},
+    "fsdp_tp": {"data": 1, "fsdp": -1, "expert": 1, "tensor": 2},
+    "expert": {"data": 1, "fsdp": 1, "expert": -1, "tensor": 1},
 }
 
 
@@ -62,7 +70,7 @@ def mesh_shape(preset: str, num_devices: int, tensor_parallel: int = 0) -> dict[
 
 def make_mesh(preset: str = "dp", devices: Sequence[jax.Device] | None = None,
               tensor_parallel: int = 0) -> Mesh:
-  """Builds the (data, fsdp, tensor) mesh for a preset over all (global) devices."""
+  """Builds the (data, fsdp, expert, tensor) mesh for a preset over all (global) devices."""
   devices = list(devices if devices is not None else jax.devices())
   tp = tensor_parallel or PRESETS.get(preset, {}).get("tensor", 1)
   if len(devices) < tp or len(devices) % tp:
@@ -101,8 +109,8 @@ def _divisible(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a `[batch, length]` input array: rows split over data×fsdp."""
-  return NamedSharding(mesh, P(("data", "fsdp")))
+  """Sharding of a `[batch, length]` input array: rows split over data×fsdp×expert."""
+  return NamedSharding(mesh, P(("data", "fsdp", "expert")))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -111,4 +119,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   """How many ways the batch dimension is split."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]

@@ -84,6 +84,11 @@ def make_eval_step(loss_fn: Callable, corrupt_fn: Callable) -> Callable:
 def bind_objective(objective: Any, *, model: Any, specials: Any, options: Any
                    ) -> tuple[Callable, Callable]:
   """Partially applies an objective module's corrupt/loss to this run's model and options."""
+  experts = getattr(getattr(model, 'config', None), 'moe_experts', 0)
+  if experts and not getattr(objective, 'ADDS_MODEL_AUX_LOSS', False):
+    name = objective.__name__.rsplit('.', 1)[-1]
+    raise ValueError(f'objective {name!r} does not add the mixture-of-experts router losses; '
+                     'train MoE models (model.moe_experts > 0) with clm or prefix_lm')
   corrupt = functools.partial(objective.corrupt, specials=specials, options=options)
   loss = functools.partial(objective.loss, model=model, specials=specials, options=options)
   return loss, corrupt

@@ -113,10 +113,32 @@ def test_grad_accumulation_matches_full_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
 
 
+def test_moe_presets_match_single_device():
+  # A Switch decoder (8 experts, top-2 with a tight capacity, so tokens are dropped) under the
+  # `expert` preset (one expert per device: the dispatch becomes an all-to-all) and `fsdp_tp`.
+  moe = dict(moe_experts=8, moe_every=1, moe_top_k=2, moe_capacity_factor=0.5,
+             moe_z_weight=1e-3)
+  ref = _one_step("decoder", "clm", jax.devices()[:1], "dp", model_overrides=moe)
+  for preset in ("expert", "fsdp_tp"):
+    loss, loss2, params, state_sharding = _one_step("decoder", "clm", jax.devices(), preset,
+                                                    model_overrides=moe)
+    np.testing.assert_allclose((loss, loss2), ref[:2], rtol=1e-5)
+    jax.tree.map(lambda a, b: _assert_close_relative(a, b, 1e-4), params, ref[2])
+    # The experts' [E, D, F] kernel: one expert per device, or FSDP x tensor inside each expert.
+    wi = state_sharding.params["layers_0"]["moe"]["wi"]
+    assert wi.spec == jax.sharding.PartitionSpec("expert", "fsdp", "tensor"), wi.spec
+    sizes = (8, 1, 1) if preset == "expert" else (1, 4, 2)
+    assert tuple(wi.mesh.shape[a] for a in ("expert", "fsdp", "tensor")) == sizes
+
+
 def test_mesh_presets_shapes():
-  assert sharding.mesh_shape("dp", 8) == {"data": 8, "fsdp": 1, "tensor": 1}
-  assert sharding.mesh_shape("fsdp", 8) == {"data": 1, "fsdp": 8, "tensor": 1}
-  assert sharding.mesh_shape("fsdp_tp", 8) == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert sharding.mesh_shape("dp", 8) == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
+  assert sharding.mesh_shape("fsdp", 8) == {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1}
+  assert sharding.mesh_shape("fsdp_tp", 8) == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 2}
+  assert sharding.mesh_shape("expert", 8) == {"data": 1, "fsdp": 1, "expert": 8, "tensor": 1}
+  # The experts of an MoE layer's [E, B, C, D] activations take `expert`, their rows the rest.
+  assert nn.logical_to_mesh_axes(("expert", "batch", None, "embed"), sharding.LOGICAL_RULES) == \
+      jax.sharding.PartitionSpec("expert", ("data", "fsdp"), None, None)
   with pytest.raises(ValueError, match="unknown mesh preset"):
     sharding.mesh_shape("zero3", 8)
   # Activations keep embed replicated (batch already holds fsdp); params shard it.

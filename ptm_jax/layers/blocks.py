@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ptm_jax.layers import attention, mlp, norms
+from ptm_jax.layers import attention, mlp, moe, norms
 from ptm_jax.layers import dropout as dropout_lib
 
 
@@ -36,6 +36,13 @@ class _Sublayers(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
+  # Mixture of experts (`MoeBlock` only; layers.moe): the feed-forward becomes `moe_experts`
+  # routed copies of it, each token going to its top `moe_top_k`.
+  moe_experts: int = 0
+  moe_top_k: int = 1
+  moe_capacity_factor: float = 1.25
+  moe_eval_capacity_factor: float = 2.0
+  moe_jitter: float = 0.0
 
   def _dt(self) -> dict:
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -96,6 +103,41 @@ class Block(_Sublayers):
                           self._norm('mlp_norm'), deterministic)
 
 
+class MoeBlock(_Sublayers):
+  """`Block` whose feed-forward is a mixture of experts; returns (x, router aux dict)."""
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None,
+               rotary: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+               deterministic: bool = True, bias: jnp.ndarray | None = None,
+               cache_index: jnp.ndarray | None = None, valid_BL: jnp.ndarray | None = None):
+    """`Block`'s arguments and `valid_BL` `[B, L]` (the tokens to route: not padding)."""
+    attn = self._attention('attention')
+    experts = moe.MoeMlp(
+        self.moe_experts, self.mlp_dim, top_k=self.moe_top_k,
+        capacity_factor=self.moe_capacity_factor,
+        eval_capacity_factor=self.moe_eval_capacity_factor, jitter=self.moe_jitter, mlp=self.mlp,
+        activation=self.activation, use_bias=self.use_bias, init_stddev=self.init_stddev,
+        out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
+        dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='moe',
+        **self._dt())
+    x_BLD = self._residual(
+        x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
+                              use_cache=cache_index is not None, cache_index=cache_index),
+        self._norm('attention_norm'), deterministic)
+    if valid_BL is None:
+      valid_BL = jnp.ones(x_BLD.shape[:2], bool)
+    aux = {}
+
+    def routed(h_BLD):
+      y_BLD, aux_ = experts(h_BLD, valid_BL, deterministic)
+      aux.update(aux_)
+      return y_BLD
+
+    x_BLD = self._residual(x_BLD, routed, self._norm('mlp_norm'), deterministic)
+    return x_BLD, aux
+
+
 class EncoderDecoderBlock(_Sublayers):
   """Decoder layer of an encoder–decoder (T5, BART): causal self-attention, cross-attention over
   the encoder output, feed-forward; each with its own norm (pre- or post-LN)."""
@@ -120,12 +162,14 @@ class EncoderDecoderBlock(_Sublayers):
                           self._norm('mlp_norm'), deterministic)
 
 
-def block_class(remat: bool) -> type[Block]:
-  """`Block`, or its rematerialised version (activations recomputed in the backward pass)."""
+def block_class(remat: bool, moe_block: bool = False) -> type[Block] | type[MoeBlock]:
+  """`Block` (or `MoeBlock`), or its rematerialised version (activations recomputed in the
+  backward pass)."""
+  cls = MoeBlock if moe_block else Block
   if not remat:
-    return Block
+    return cls
   # static_argnums counts `self`: (self, x, mask, rotary, deterministic, ...).
-  return nn.remat(Block, static_argnums=(4,))
+  return nn.remat(cls, static_argnums=(4,))
 
 
 def encoder_decoder_block_class(remat: bool) -> type[EncoderDecoderBlock]:

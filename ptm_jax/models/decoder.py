@@ -15,14 +15,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ptm_jax.layers import attention, blocks, embeddings, masks, norms
+from ptm_jax.layers import attention, blocks, embeddings, masks, moe, norms
 from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context)."""
+class Config(moe.Fields):
+  """Decoder hyper-parameters; defaults are GPT-2 small (124M, 50257 BPE vocab, 1024 context).
+
+  `moe_experts > 0` makes every `moe_every`-th feed-forward a Switch mixture of experts
+  (`layers.moe.Fields`); the model then also returns `aux_loss` and `moe` metrics.
+  """
 
   vocab_size: int = 50257
   # > 1: the embedding table / LM head get rows up to the next multiple (GPT-2: 50257 -> 50304
@@ -120,24 +124,26 @@ class Model(nn.Module):
     embeddings.logits_dtype(cfg)  # a bad name fails here, not at the first loss
     if cfg.mask_form not in masks.MASK_FORMS:
       raise ValueError(f'mask_form={cfg.mask_form!r}; use one of {", ".join(masks.MASK_FORMS)}')
+    moe.check(cfg)
     self.token_embed = embeddings.Embed(cfg.padded_vocab_size, cfg.embed_dim,
                                         init_stddev=cfg.initializer_range, **dt)
     if cfg.positions == 'learned':
       self.position_embed = positions_lib.LearnedPositions(
           cfg.max_position_embeddings, cfg.embed_dim, init_stddev=cfg.initializer_range, **dt)
     self.embed_dropout = dropout_lib.Dropout(cfg.dropout_rate, cfg.dropout_impl)
-    block = blocks.block_class(cfg.remat)
     out_std = (cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
                if cfg.scaled_residual_init else None)
     self.layers = [
-        block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
-              num_kv_heads=cfg.num_kv_heads, pre_norm=True, norm=cfg.norm,
-              norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp, activation=cfg.activation,
-              use_bias=cfg.use_bias, dropout_rate=cfg.dropout_rate,
-              attention_dropout_rate=cfg.attention_dropout_rate, dropout_impl=cfg.dropout_impl,
-              init_stddev=cfg.initializer_range, out_init_stddev=out_std,
-              attention_impl=cfg.attention_impl, **dt)
-        for _ in range(cfg.num_layers)]
+        blocks.block_class(cfg.remat, moe.is_moe_layer(cfg, i))(
+          num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
+          num_kv_heads=cfg.num_kv_heads, pre_norm=True, norm=cfg.norm,
+          norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp, activation=cfg.activation,
+          use_bias=cfg.use_bias, dropout_rate=cfg.dropout_rate,
+          attention_dropout_rate=cfg.attention_dropout_rate, dropout_impl=cfg.dropout_impl,
+          init_stddev=cfg.initializer_range, out_init_stddev=out_std,
+          attention_impl=cfg.attention_impl,
+          **(moe.block_kwargs(cfg) if moe.is_moe_layer(cfg, i) else {}), **dt)
+        for i in range(cfg.num_layers)]
     self.final_norm = norms.make_norm(cfg.norm, epsilon=cfg.layer_norm_eps, **dt)
     self.decode_cache = attention.DecodeCache()  # only used (and only has state) with use_cache
     if not cfg.tie_embeddings:
@@ -163,7 +169,8 @@ class Model(nn.Module):
              attention_mask: jnp.ndarray | None = None, deterministic: bool = True,
              output_hidden_states: bool = False, prefix_flags: jnp.ndarray | None = None,
              use_cache: bool = False):
-    """Blocks + final norm on embeddings; returns (hidden `[B, L, D]`, hidden_states or None).
+    """Blocks + final norm on embeddings; returns (hidden `[B, L, D]`, hidden_states or None,
+    MoE outputs: `layers.moe.model_outputs`, {} when dense).
 
     As in HF, the last entry of hidden_states is the final-normed output (= hidden).
     `prefix_flags` `[B, L]` (prefix LM): flagged positions see each other bidirectionally.
@@ -192,13 +199,18 @@ class Model(nn.Module):
     rotary = None
     if cfg.positions == 'rotary':
       rotary = positions_lib.rotary_cos_sin(positions, cfg.resolved_head_dim, theta=cfg.rope_theta)
-    states = [x_BLD]
-    for layer in self.layers:
-      x_BLD = layer(x_BLD, mask, rotary, deterministic, None, cache_index)
+    states, layer_aux = [x_BLD], []
+    for i, layer in enumerate(self.layers):
+      if moe.is_moe_layer(cfg, i):
+        x_BLD, aux = layer(x_BLD, mask, rotary, deterministic, None, cache_index, segment_ids != 0)
+        layer_aux.append(aux)
+      else:
+        x_BLD = layer(x_BLD, mask, rotary, deterministic, None, cache_index)
       states.append(x_BLD)
     hidden_BLD = nn.with_logical_constraint(self.final_norm(x_BLD), ('batch', 'length', 'embed'))
     states[-1] = hidden_BLD
-    return hidden_BLD, (tuple(states) if output_hidden_states else None)
+    return (hidden_BLD, (tuple(states) if output_hidden_states else None),
+            moe.model_outputs(cfg, layer_aux))
 
   def lm_logits(self, hidden_BLD: jnp.ndarray, keep_padding: bool = False) -> jnp.ndarray:
     """Next-token logits `[B, L, V]` (float32 unless `logits_dtype='compute'`; tied to
@@ -233,11 +245,11 @@ class Model(nn.Module):
     """
     del token_types
     x_BLD = self.embed(tokens, positions=positions, deterministic=deterministic)
-    hidden_BLD, states = self.decode(x_BLD, segment_ids=segment_ids, positions=positions,
-                                     attention_mask=attention_mask, deterministic=deterministic,
-                                     output_hidden_states=output_hidden_states,
-                                     prefix_flags=prefix_flags, use_cache=use_cache)
-    out = dict(hidden=hidden_BLD)
+    hidden_BLD, states, moe_out = self.decode(
+        x_BLD, segment_ids=segment_ids, positions=positions, attention_mask=attention_mask,
+        deterministic=deterministic, output_hidden_states=output_hidden_states,
+        prefix_flags=prefix_flags, use_cache=use_cache)
+    out = dict(hidden=hidden_BLD, **moe_out)
     if compute_logits:
       out['logits'] = self.lm_logits(hidden_BLD)
     if output_hidden_states:

@@ -26,6 +26,10 @@ import jax.numpy as jnp
 from ptm_jax.objectives import common
 
 
+# The loss adds a mixture-of-experts model's router losses (`common.with_model_aux_loss`).
+ADDS_MODEL_AUX_LOSS = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Causal LM hyper-parameters."""

@@ -289,9 +289,30 @@ def logits_kwargs(model, chunk_size: int) -> dict:
   return {'compute_logits': False}
 
 
+def with_model_aux_loss(loss_and_metrics, out):
+  """Adds a model's auxiliary loss (the MoE router losses, `aux_loss`) to the optimised scalar.
+
+  `metrics['loss']` stays the objective's own loss, comparable with a dense model's; the router
+  terms are reported beside it (`aux_loss`, `moe_balance_loss`, `moe_z_loss`,
+  `moe_dropped_fraction`). A model without the output is returned unchanged.
+  """
+  if 'aux_loss' not in out:
+    return loss_and_metrics
+  loss, metrics = loss_and_metrics
+  return loss + out['aux_loss'], dict(metrics, aux_loss=out['aux_loss'], **out['moe'])
+
+
 def output_loss_and_metrics(model, params, out, targets_BL, weights_BL, *, chunk_size: int,
                             z_loss: float = 0.0, label_smoothing: float = 0.0):
-  """LM loss from a model output: its `logits`, or (chunk_size > 0) chunked from its `hidden`."""
+  """LM loss from a model output: its `logits`, or (chunk_size > 0) chunked from its `hidden`;
+  plus the model's auxiliary loss (`with_model_aux_loss`)."""
+  return with_model_aux_loss(
+      _lm_output_loss(model, params, out, targets_BL, weights_BL, chunk_size=chunk_size,
+                      z_loss=z_loss, label_smoothing=label_smoothing), out)
+
+
+def _lm_output_loss(model, params, out, targets_BL, weights_BL, *, chunk_size: int,
+                    z_loss: float, label_smoothing: float):
   if not chunk_size:
     return lm_loss_and_metrics(out['logits'], targets_BL, weights_BL, z_loss=z_loss,
                                label_smoothing=label_smoothing)

@@ -90,8 +90,8 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
 
 def _decoder_logits_at(module, tokens, segment_ids, positions, prefix_flags, at_B):
   x_BLD = module.embed(tokens, positions=positions)
-  hidden_BLD, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
-                                prefix_flags=prefix_flags)
+  hidden_BLD, _, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
+                                   prefix_flags=prefix_flags)
   return module.lm_logits(jnp.take_along_axis(hidden_BLD, at_B[:, None, None], axis=1))
 
 

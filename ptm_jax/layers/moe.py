@@ -1,0 +1,231 @@
+"""Mixture-of-experts feed-forward: Switch (Fedus et al. 2022) top-1 and GShard (Lepikhin et al.
+2021) top-k token routing with expert capacity.
+
+Recipe (Switch Transformer, section 2 and appendix; the top-k form as GShard / ST-MoE):
+  * a float32 router `[D, E]` gives each token a softmax over E experts; training may multiply the
+    router's input by uniform noise in [1 - jitter, 1 + jitter] (Switch: 1e-2);
+  * each token goes to its top-k experts; with k = 1 (Switch) the expert output is scaled by the
+    router probability, with k > 1 the k gates are renormalised to sum to 1 (GShard);
+  * each expert takes at most C = ceil(k * L * capacity_factor / E) tokens of a group (here: one
+    row of the batch), in order of position, first choices before second ones; a token over
+    capacity is dropped from that expert (its output is 0 there, and the block's residual carries
+    the token through unchanged). Padding tokens are never routed and take no capacity;
+  * the load-balancing loss E * sum_e f_e * P_e (f_e: share of the group's valid tokens whose
+    first choice is e, P_e: their mean router probability for e) is 1 for uniform routing and E
+    when every token picks one expert; the router z-loss (ST-MoE, Zoph et al. 2022) is the mean
+    squared log-sum-exp of the router logits. Both are averaged over groups and returned, not
+    added: the model weights and sums them over its MoE layers (`aux_loss`), the objective adds
+    that to its loss.
+
+Dispatch and combine are one-hot einsums (Mesh TensorFlow / T5X style): static shapes, no sort. The
+expert-side activations `[E, B, C, D]` carry the logical names ('expert', 'batch', ...) so that with
+the `expert` mesh preset each device runs its own experts on every group's tokens (the SPMD
+partitioner turns the dispatch einsum into an all-to-all).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ptm_jax.layers import dropout as dropout_lib
+from ptm_jax.layers import mlp as mlp_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields:
+  """The mixture-of-experts fields of the encoder and decoder Configs (`moe_experts=0`: dense).
+
+  Switch's recipe by default: every other feed-forward (`moe_every=2`: layers 1, 3, ...) routed
+  top-1 with capacity factor 1.25 in training and 2.0 in evaluation, load-balancing weight 0.01,
+  no z-loss (ST-MoE recommends `moe_z_weight=1e-3`), router jitter 0 (Switch: 1e-2).
+  """
+
+  moe_experts: int = 0
+  moe_every: int = 2
+  moe_top_k: int = 1
+  moe_capacity_factor: float = 1.25
+  moe_eval_capacity_factor: float = 2.0
+  moe_jitter: float = 0.0
+  moe_balance_weight: float = 0.01
+  moe_z_weight: float = 0.0
+
+
+def check(cfg: Fields) -> None:
+  """One-line errors for impossible mixture-of-experts settings."""
+  if cfg.moe_experts < 0 or cfg.moe_every < 1:
+    raise ValueError(f'moe_experts={cfg.moe_experts} must be >= 0 (0 = dense) and moe_every='
+                     f'{cfg.moe_every} >= 1')
+  if cfg.moe_experts and not 1 <= cfg.moe_top_k <= cfg.moe_experts:
+    raise ValueError(f'moe_top_k={cfg.moe_top_k} must be in [1, moe_experts={cfg.moe_experts}]')
+  if min(cfg.moe_capacity_factor, cfg.moe_eval_capacity_factor) <= 0 or cfg.moe_jitter < 0:
+    raise ValueError('moe capacity factors must be > 0 and moe_jitter >= 0, got '
+                     f'{cfg.moe_capacity_factor}, {cfg.moe_eval_capacity_factor}, {cfg.moe_jitter}')
+  if cfg.moe_experts and cfg.moe_every > getattr(cfg, 'num_layers', cfg.moe_every):
+    raise ValueError(f'moe_every={cfg.moe_every} exceeds num_layers={cfg.num_layers}: no layer '
+                     'would be routed; lower moe_every')
+
+
+def is_moe_layer(cfg: Fields, index: int) -> bool:
+  """Layer `index` (0-based) is routed: every `moe_every`-th layer, the last of each stretch."""
+  return cfg.moe_experts > 0 and (index + 1) % cfg.moe_every == 0
+
+
+def block_kwargs(cfg: Fields) -> dict[str, Any]:
+  """The `layers.blocks.MoeBlock` fields of a Config."""
+  return dict(moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k,
+              moe_capacity_factor=cfg.moe_capacity_factor,
+              moe_eval_capacity_factor=cfg.moe_eval_capacity_factor, moe_jitter=cfg.moe_jitter)
+
+
+def model_outputs(cfg: Fields, layer_aux: Sequence[dict[str, jnp.ndarray]]) -> dict[str, Any]:
+  """A family's MoE outputs: `aux_loss` (weighted router losses summed over the routed layers, as
+  Switch adds them per layer) and `moe` metrics (their means over the layers); {} when dense."""
+  if not layer_aux:
+    return {}
+  mean = lambda key: sum(a[key] for a in layer_aux) / len(layer_aux)  # noqa: E731
+  aux_loss = sum(cfg.moe_balance_weight * a['balance_loss'] + cfg.moe_z_weight * a['z_loss']
+                 for a in layer_aux)
+  return {'aux_loss': aux_loss,
+          'moe': {'moe_balance_loss': mean('balance_loss'), 'moe_z_loss': mean('z_loss'),
+                  'moe_dropped_fraction': mean('dropped_fraction')}}
+
+
+def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int,
+                    capacity_factor: float) -> int:
+  """Slots per expert and group: ceil(k * tokens * factor / E), at least 1, at most k * tokens."""
+  return int(min(top_k * tokens_per_group,
+                 max(1, math.ceil(top_k * tokens_per_group * capacity_factor / num_experts))))
+
+
+def route(router_probs_BLE: jnp.ndarray, valid_BL: jnp.ndarray, top_k: int, capacity: int):
+  """Token -> expert slot assignment: (dispatch `[B, L, E, C]` bool, combine `[B, L, E, C]`
+  float32 gates, first-choice one-hot `[B, L, E]`, kept assignments `[B]`)."""
+  num_experts = router_probs_BLE.shape[-1]
+  gates_BLK, experts_BLK = jax.lax.top_k(router_probs_BLE, top_k)
+  if top_k > 1:
+    gates_BLK = gates_BLK / jnp.sum(gates_BLK, axis=-1, keepdims=True)
+  valid_BL1 = valid_BL[..., None].astype(jnp.int32)
+  used_B1E = jnp.zeros((router_probs_BLE.shape[0], 1, num_experts), jnp.int32)
+  dispatch_BLEC = jnp.zeros(router_probs_BLE.shape + (capacity,), bool)
+  combine_BLEC = jnp.zeros(router_probs_BLE.shape + (capacity,), jnp.float32)
+  first_BLE = None
+  for choice in range(top_k):  # first choices take slots before second choices (GShard)
+    chosen_BLE = jax.nn.one_hot(experts_BLK[..., choice], num_experts, dtype=jnp.int32) * valid_BL1
+    if first_BLE is None:
+      first_BLE = chosen_BLE
+    slot_BLE = used_B1E + jnp.cumsum(chosen_BLE, axis=1) - 1  # this token's slot at each expert
+    kept_BLE = chosen_BLE * (slot_BLE < capacity)
+    slot_BLEC = jax.nn.one_hot(slot_BLE, capacity, dtype=jnp.int32) * kept_BLE[..., None]
+    dispatch_BLEC = dispatch_BLEC | slot_BLEC.astype(bool)
+    combine_BLEC = combine_BLEC + slot_BLEC * gates_BLK[..., choice, None, None]
+    used_B1E = used_B1E + jnp.sum(chosen_BLE, axis=1, keepdims=True)
+  kept_B = jnp.sum(dispatch_BLEC, axis=(1, 2, 3))
+  return dispatch_BLEC, combine_BLEC, first_BLE, kept_B
+
+
+def router_losses(logits_BLE: jnp.ndarray, probs_BLE: jnp.ndarray, first_BLE: jnp.ndarray,
+                  valid_BL: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """Switch load-balancing loss and ST-MoE router z-loss, means over the groups' valid tokens."""
+  num_experts = probs_BLE.shape[-1]
+  valid_BL1 = valid_BL[..., None].astype(jnp.float32)
+  count_B1 = jnp.maximum(jnp.sum(valid_BL1, axis=1), 1.0)
+  share_BE = jnp.sum(first_BLE, axis=1) / count_B1  # f_e: share of first choices
+  mean_prob_BE = jnp.sum(probs_BLE * valid_BL1, axis=1) / count_B1  # P_e
+  has_tokens_B = jnp.sum(valid_BL, axis=1) > 0
+  groups = jnp.maximum(jnp.sum(has_tokens_B), 1)
+  balance_B = num_experts * jnp.sum(share_BE * mean_prob_BE, axis=-1)
+  z_BL = jnp.square(jax.nn.logsumexp(logits_BLE, axis=-1))
+  z_B = jnp.sum(z_BL * valid_BL, axis=1) / count_B1[:, 0]
+  return {'balance_loss': jnp.sum(balance_B * has_tokens_B) / groups,
+          'z_loss': jnp.sum(z_B * has_tokens_B) / groups}
+
+
+class MoeMlp(nn.Module):
+  """Top-k routed experts, each an MLP or SwiGLU of width `mlp_dim`: (y `[B, L, D]`, aux dict)."""
+
+  num_experts: int
+  mlp_dim: int
+  top_k: int = 1
+  capacity_factor: float = 1.25  # Switch's training default
+  eval_capacity_factor: float = 2.0  # Switch's evaluation default
+  jitter: float = 0.0  # Switch: 1e-2 (multiplicative noise on the router's input, training only)
+  mlp: str = 'mlp'  # or 'swiglu'
+  activation: str = 'gelu'
+  use_bias: bool = True
+  init_stddev: float = 0.02
+  out_init_stddev: float | None = None
+  dropout_rate: float = 0.0  # on the experts' hidden activations (Switch's "expert dropout")
+  dropout_impl: str = 'bits'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _kernel(self, name: str, shape, axes, stddev: float):
+    init = nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
+    return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
+
+  def _bias(self, name: str, shape, axes):
+    init = nn.with_logical_partitioning(nn.initializers.zeros, axes)
+    return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, valid_BL: jnp.ndarray, deterministic: bool = True):
+    if not 1 <= self.top_k <= self.num_experts:
+      raise ValueError(f'moe top_k={self.top_k} must be in [1, num_experts={self.num_experts}]')
+    if self.mlp not in ('mlp', 'swiglu'):
+      raise ValueError(f"unknown mlp {self.mlp!r}; known: 'mlp', 'swiglu'")
+    _, length, width = x_BLD.shape
+    num_experts, hidden = self.num_experts, self.mlp_dim
+    valid_BL = valid_BL.astype(bool)
+
+    router_in_BLD = x_BLD.astype(jnp.float32)
+    if self.jitter > 0 and not deterministic:
+      noise = jax.random.uniform(self.make_rng('dropout'), router_in_BLD.shape, jnp.float32,
+                                 1.0 - self.jitter, 1.0 + self.jitter)
+      router_in_BLD = router_in_BLD * noise
+    router_DE = self.param('router', nn.with_logical_partitioning(
+        nn.initializers.normal(self.init_stddev), ('embed', None)), (width, num_experts),
+        self.param_dtype)
+    logits_BLE = jnp.einsum('bld,de->ble', router_in_BLD, router_DE.astype(jnp.float32))
+    probs_BLE = jax.nn.softmax(logits_BLE, axis=-1)
+
+    factor = self.eval_capacity_factor if deterministic else self.capacity_factor
+    capacity = expert_capacity(length, num_experts, self.top_k, factor)
+    dispatch_BLEC, combine_BLEC, first_BLE, kept_B = route(probs_BLE, valid_BL, self.top_k,
+                                                           capacity)
+    names_EBCD = ('expert', 'batch', None, 'embed')
+    x_EBCD = jnp.einsum('blec,bld->ebcd', dispatch_BLEC.astype(self.dtype), x_BLD)
+    x_EBCD = nn.with_logical_constraint(x_EBCD, names_EBCD)
+
+    std_in, std_out = self.init_stddev, self.out_init_stddev or self.init_stddev
+    act = mlp_lib.activation(self.activation)
+    wi_EDF = self._kernel('wi', (num_experts, width, hidden), ('expert', 'embed', 'mlp'), std_in)
+    h_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, wi_EDF)
+    if self.use_bias:
+      h_EBCF = h_EBCF + self._bias('wi_bias', (num_experts, hidden), ('expert', 'mlp'))[:, None,
+                                                                                           None]
+    if self.mlp == 'swiglu':
+      up_EDF = self._kernel('wi_up', (num_experts, width, hidden), ('expert', 'embed', 'mlp'),
+                            std_in)
+      h_EBCF = act(h_EBCF) * jnp.einsum('ebcd,edf->ebcf', x_EBCD, up_EDF)
+    else:
+      h_EBCF = act(h_EBCF)
+    h_EBCF = nn.with_logical_constraint(h_EBCF, ('expert', 'batch', None, 'mlp'))
+    h_EBCF = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)(h_EBCF, deterministic)
+    wo_EFD = self._kernel('wo', (num_experts, hidden, width), ('expert', 'mlp', 'embed'), std_out)
+    y_EBCD = jnp.einsum('ebcf,efd->ebcd', h_EBCF, wo_EFD)
+    if self.use_bias:
+      y_EBCD = y_EBCD + self._bias('wo_bias', (num_experts, width), ('expert', 'embed'))[:, None,
+                                                                                          None]
+    y_EBCD = nn.with_logical_constraint(y_EBCD, names_EBCD)
+    y_BLD = jnp.einsum('blec,ebcd->bld', combine_BLEC.astype(self.dtype), y_EBCD)
+    y_BLD = nn.with_logical_constraint(y_BLD, ('batch', 'length', 'embed'))
+
+    aux = router_losses(logits_BLE, probs_BLE, first_BLE, valid_BL)
+    routed = jnp.maximum(jnp.sum(valid_BL) * self.top_k, 1)
+    aux['dropped_fraction'] = 1.0 - jnp.sum(kept_B) / routed
+    return y_BLD, aux
