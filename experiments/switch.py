@@ -1,0 +1,55 @@
+"""Switch Transformer: sparse mixture-of-experts language modelling (Fedus, Zoph and Shazeer, 2022,
+"Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient Sparsity").
+
+Claim reproduced: replacing every other feed-forward by E experts with top-1 routing multiplies the
+parameters while keeping the FLOPs per token, and at the same number of steps (equal compute) the
+sparse model reaches a lower held-out loss than its dense twin (paper Figure 1 and Table 1:
+Switch-Base beats T5-Base at equal FLOPs). Recipe (section 2 and Table 9): top-1 routing, capacity
+factor 1.25 in training and 2.0 in evaluation, load-balancing loss weight 0.01, router in float32,
+every other layer routed; tokens over capacity skip the layer through the residual. Here on the
+GPT-2 decoder with causal LM (the decoder-only form of GShard / Switch-C); routing priority is by
+position, so the decoder stays causal (tests/test_moe.py). `dense_*` variants are the same models
+with the experts removed: the baseline of the claim.
+
+  python -m ptm_jax.main --config experiments/switch.py:runlocal --workdir runs/switch
+  python -m ptm_jax.main --config experiments/switch.py:dense_runlocal --workdir runs/switch_dense
+  python -m ptm_jax.main --config experiments/switch.py:small --workdir runs/switch_small  # GPU
+      # and --config.mesh.preset=expert to put the experts on different devices
+
+`arg`: `runlocal` (2-layer GPT, width 128, 8 experts in layer 2; CPU, minutes), `small` (GPT-2
+small with 8 experts in every other layer: 124M dense, 322M parameters, the same FLOPs per token),
+each with a `dense_` twin.
+"""
+from ptm_jax.configs import base
+
+VARIANTS = ("runlocal", "small")
+
+
+def get_config(arg: str = "runlocal"):
+  variant = arg or "runlocal"
+  dense = variant.startswith("dense_")
+  size = variant[len("dense_"):] if dense else variant
+  if size not in VARIANTS:
+    raise ValueError(f"switch takes one of {', '.join(VARIANTS)} (or dense_<size>), not {arg!r}")
+  config = base.base_config("decoder", size, "clm")
+  config.data.source = "news_en"
+  config.data.bos, config.data.eos = False, True
+  config.model.update(moe_experts=0 if dense else 8, moe_every=2, moe_top_k=1,
+                      moe_capacity_factor=1.25, moe_eval_capacity_factor=2.0,
+                      moe_balance_weight=0.01)
+  config.optim.update(learning_rate=6e-4, warmup_steps=2000, schedule="cosine",
+                      end_lr_fraction=0.1, b2=0.95, eps=1e-8, weight_decay=0.1)
+  config.model.dtype = "bfloat16"
+  config.data.seq_len = 1024
+  config.train.update(steps=50_000, batch_size=256, log_every=100, eval_every=2500,
+                      eval_batches=20, checkpoint_every=5000)
+  if size == "runlocal":
+    config.model.dtype = "float32"
+    config.data.seq_len = 128
+    config.data.tokenizer.update(vocab_size=8000, model_type="bpe")
+    config.optim.update(learning_rate=2e-3, warmup_steps=20)
+    config.train.update(steps=300, batch_size=16, log_every=10, eval_every=100, eval_batches=8,
+                        checkpoint_every=100)
+  kind = "dense" if dense else f"Switch-{config.model.moe_experts}"
+  config.report.title = f"{kind} GPT-{size} causal LM on {config.data.source}"
+  return config

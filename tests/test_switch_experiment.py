@@ -1,0 +1,64 @@
+"""experiments/switch.py: its sizes, its dense twin, a runlocal run on real text that lowers the
+loss with the router losses logged, and MoE models refused by the HF export in one line."""
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ptm_jax import configs, models
+from ptm_jax.interop import hf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWITCH = os.path.join(REPO, 'experiments', 'switch.py')
+RUNLOCAL = {'mesh.num_devices': 1, 'train.steps': 30, 'train.batch_size': 8, 'train.log_every': 5,
+            'train.eval_every': 0, 'train.checkpoint_every': 30, 'data.seq_len': 64,
+            'data.num_threads': 1, 'data.tokenizer.vocab_size': 800,
+            'data.tokenizer.max_train_chars': 300_000, 'optim.warmup_steps': 5}
+
+
+def _params(config, vocab_size):
+  fields = {k: v for k, v in config.model.items() if k not in ('family', 'variant')}
+  model = models.build('decoder', config.model.variant, **dict(fields, vocab_size=vocab_size))
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, segment_ids=tokens + 1,
+                                             positions=tokens))
+  return model, sum(x.size for x in jax.tree.leaves(shapes))
+
+
+def test_sizes_and_dense_twins():
+  sparse = configs.load_experiment(SWITCH + ':small', {})
+  dense = configs.load_experiment(SWITCH + ':dense_small', {})
+  assert (sparse.model.moe_experts, dense.model.moe_experts) == (8, 0)
+  assert sparse.model.moe_every == 2 and sparse.model.moe_capacity_factor == 1.25
+  # GPT-2 small (124,439,808 at its 50,257 vocabulary) + 7 more MLPs in 6 layers + 6 routers.
+  _, n_dense = _params(dense, 50257)
+  _, n_sparse = _params(sparse, 50257)
+  mlp = 2 * 768 * 3072 + 3072 + 768
+  assert n_dense == 124_439_808 and n_sparse == n_dense + 6 * (7 * mlp + 768 * 8)
+  with pytest.raises(ValueError, match='dense_<size>'):
+    configs.load_experiment(SWITCH + ':huge', {})
+
+
+def test_hf_export_refuses_a_mixture_of_experts(tmp_path):
+  config = configs.load_experiment(SWITCH + ':runlocal', {})
+  model, _ = _params(config, 97)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  params = model.init(jax.random.key(0), tokens, segment_ids=tokens + 1, positions=tokens)
+  with pytest.raises(ValueError, match='mixture-of-experts'):
+    hf.save(model.config, 'decoder', params['params'], str(tmp_path / 'out'))
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def test_runlocal_loss_falls_and_logs_the_router(data_dir, tmp_path):
+  from ptm_jax import metrics as metrics_lib
+  from ptm_jax import train
+  cfg = configs.load_experiment(SWITCH + ':runlocal', RUNLOCAL)
+  train.train(cfg, str(tmp_path))
+  records = [r for r in metrics_lib.read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
+             if 'loss' in r]
+  losses = [r['loss'] for r in records]
+  assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
+  for r in records:  # the balance loss is ~1 when balanced, E = 8 when collapsed
+    assert 0.9 < r['moe_balance_loss'] < 8.0 and 0.0 <= r['moe_dropped_fraction'] < 1.0, r
+    assert abs(r['aux_loss'] - 0.01 * r['moe_balance_loss']) < 1e-5, r
