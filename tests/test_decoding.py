@@ -36,6 +36,10 @@ def _model(kind: str, vocab: int = V):
   if kind == 'llama':
     return models.build('decoder', 'llama_runlocal', vocab_size=vocab, num_layers=2,
                         num_kv_heads=2, **SMALL)
+  if kind == 'switch':  # top-2 of 4 experts in both layers; evaluation capacity E / k: no drops
+    return models.build('decoder', 'runlocal', vocab_size=vocab, num_layers=2,
+                        max_position_embeddings=64, dropout_rate=0.0, moe_experts=4, moe_every=1,
+                        moe_top_k=2, moe_eval_capacity_factor=2.0, **SMALL)
   return models.build('encdec', f'{kind}_runlocal', vocab_size=vocab, num_encoder_layers=2,
                       num_decoder_layers=2, head_dim=8, max_position_embeddings=64, **SMALL)
 
@@ -75,7 +79,7 @@ def _left_positions(segment_ids):
   return np.maximum(np.arange(segment_ids.shape[1])[None, :] - pad, 0).astype(np.int32)
 
 
-@pytest.mark.parametrize('kind', ['gpt2', 'llama'])
+@pytest.mark.parametrize('kind', ['gpt2', 'llama', 'switch'])
 def test_cached_decoder_equals_full_forward(kind):
   model, params = _model(kind), _params(kind)
   rng = np.random.default_rng(0)

@@ -7,15 +7,20 @@ Recipe (Switch Transformer, section 2 and appendix; the top-k form as GShard / S
   * each token goes to its top-k experts; with k = 1 (Switch) the expert output is scaled by the
     router probability, with k > 1 the k gates are renormalised to sum to 1 (GShard);
   * each expert takes at most C = ceil(k * L * capacity_factor / E) tokens of a group (here: one
-    row of the batch), in order of position, first choices before second ones; a token over
-    capacity is dropped from that expert (its output is 0 there, and the block's residual carries
-    the token through unchanged). Padding tokens are never routed and take no capacity;
+    row of the batch), in order of position (a token's k choices together: the decoder stays
+    causal, see `route`); a token over capacity is dropped from that expert (its output is 0
+    there, and the block's residual carries the token through unchanged). Padding tokens are
+    never routed and take no capacity;
   * the load-balancing loss E * sum_e f_e * P_e (f_e: share of the group's valid tokens whose
     first choice is e, P_e: their mean router probability for e) is 1 for uniform routing and E
     when every token picks one expert; the router z-loss (ST-MoE, Zoph et al. 2022) is the mean
     squared log-sum-exp of the router logits. Both are averaged over groups and returned, not
     added: the model weights and sums them over its MoE layers (`aux_loss`), the objective adds
     that to its loss.
+
+KV-cache decoding routes each new token as a group of its own, which never drops it: cached
+decoding equals the full forward pass where the latter drops nothing, which
+`moe_eval_capacity_factor >= moe_experts / moe_top_k` (C >= L) guarantees.
 
 Dispatch and combine are one-hot einsums (Mesh TensorFlow / T5X style): static shapes, no sort. The
 expert-side activations `[E, B, C, D]` carry the logical names ('expert', 'batch', ...) so that with
@@ -104,28 +109,28 @@ def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int,
 
 def route(router_probs_BLE: jnp.ndarray, valid_BL: jnp.ndarray, top_k: int, capacity: int):
   """Token -> expert slot assignment: (dispatch `[B, L, E, C]` bool, combine `[B, L, E, C]`
-  float32 gates, first-choice one-hot `[B, L, E]`, kept assignments `[B]`)."""
+  float32 gates, first-choice one-hot `[B, L, E]`, kept assignments `[B]`).
+
+  Slots go in position order, a token's k choices together (they are k different experts): a
+  token's slots depend only on the tokens before it, so a causal decoder stays causal. (GShard
+  gives all first choices slots before any second choice, which would let a later token's first
+  choice take the slot of an earlier token's second one.)
+  """
   num_experts = router_probs_BLE.shape[-1]
   gates_BLK, experts_BLK = jax.lax.top_k(router_probs_BLE, top_k)
   if top_k > 1:
     gates_BLK = gates_BLK / jnp.sum(gates_BLK, axis=-1, keepdims=True)
-  valid_BL1 = valid_BL[..., None].astype(jnp.int32)
-  used_B1E = jnp.zeros((router_probs_BLE.shape[0], 1, num_experts), jnp.int32)
-  dispatch_BLEC = jnp.zeros(router_probs_BLE.shape + (capacity,), bool)
-  combine_BLEC = jnp.zeros(router_probs_BLE.shape + (capacity,), jnp.float32)
-  first_BLE = None
-  for choice in range(top_k):  # first choices take slots before second choices (GShard)
-    chosen_BLE = jax.nn.one_hot(experts_BLK[..., choice], num_experts, dtype=jnp.int32) * valid_BL1
-    if first_BLE is None:
-      first_BLE = chosen_BLE
-    slot_BLE = used_B1E + jnp.cumsum(chosen_BLE, axis=1) - 1  # this token's slot at each expert
-    kept_BLE = chosen_BLE * (slot_BLE < capacity)
-    slot_BLEC = jax.nn.one_hot(slot_BLE, capacity, dtype=jnp.int32) * kept_BLE[..., None]
-    dispatch_BLEC = dispatch_BLEC | slot_BLEC.astype(bool)
-    combine_BLEC = combine_BLEC + slot_BLEC * gates_BLK[..., choice, None, None]
-    used_B1E = used_B1E + jnp.sum(chosen_BLE, axis=1, keepdims=True)
-  kept_B = jnp.sum(dispatch_BLEC, axis=(1, 2, 3))
-  return dispatch_BLEC, combine_BLEC, first_BLE, kept_B
+  valid_BLK1 = valid_BL[..., None, None].astype(jnp.int32)
+  chosen_BLKE = jax.nn.one_hot(experts_BLK, num_experts, dtype=jnp.int32) * valid_BLK1
+  chosen_BLE = jnp.sum(chosen_BLKE, axis=2)  # 0/1: the k choices are distinct experts
+  gate_BLE = jnp.sum(chosen_BLKE * gates_BLK[..., None], axis=2)
+  slot_BLE = jnp.cumsum(chosen_BLE, axis=1) - chosen_BLE  # assignments of the earlier tokens
+  kept_BLE = chosen_BLE * (slot_BLE < capacity)
+  dispatch_BLEC = (jax.nn.one_hot(slot_BLE, capacity, dtype=jnp.int32)
+                   * kept_BLE[..., None]).astype(bool)
+  combine_BLEC = dispatch_BLEC * gate_BLE[..., None]
+  kept_B = jnp.sum(kept_BLE, axis=(1, 2))
+  return dispatch_BLEC, combine_BLEC, chosen_BLKE[:, :, 0], kept_B
 
 
 def router_losses(logits_BLE: jnp.ndarray, probs_BLE: jnp.ndarray, first_BLE: jnp.ndarray,
@@ -211,7 +216,11 @@ class MoeMlp(nn.Module):
     if self.mlp == 'swiglu':
       up_EDF = self._kernel('wi_up', (num_experts, width, hidden), ('expert', 'embed', 'mlp'),
                             std_in)
-      h_EBCF = act(h_EBCF) * jnp.einsum('ebcd,edf->ebcf', x_EBCD, up_EDF)
+      up_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, up_EDF)
+      if self.use_bias:  # as the dense SwiGLU: both projections biased
+        up_EBCF = up_EBCF + self._bias('wi_up_bias', (num_experts, hidden), ('expert', 'mlp'))[
+            :, None, None]
+      h_EBCF = act(h_EBCF) * up_EBCF
     else:
       h_EBCF = act(h_EBCF)
     h_EBCF = nn.with_logical_constraint(h_EBCF, ('expert', 'batch', None, 'mlp'))
