@@ -87,8 +87,8 @@ def test_prefix_mask_through_gradients():
   x_LD = jax.random.normal(jax.random.key(1), (length, 16))
 
   def fn(x_LD):
-    hidden, _ = model.apply({'params': params}, x_LD[None], segment_ids=seg, positions=pos,
-                            prefix_flags=flags, method=model.decode)
+    hidden, _, _ = model.apply({'params': params}, x_LD[None], segment_ids=seg, positions=pos,
+                               prefix_flags=flags, method=model.decode)
     return hidden[0]
 
   dep = dependency(fn, x_LD)

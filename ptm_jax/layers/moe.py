@@ -43,7 +43,7 @@ from ptm_jax.layers import mlp as mlp_lib
 
 @dataclasses.dataclass(frozen=True)
 class Fields:
-  """The mixture-of-experts fields of the encoder and decoder Configs (`moe_experts=0`: dense).
+  """The mixture-of-experts fields of the decoder Config (`moe_experts=0`: dense).
 
   Switch's recipe by default: every other feed-forward (`moe_every=2`: layers 1, 3, ...) routed
   top-1 with capacity factor 1.25 in training and 2.0 in evaluation, load-balancing weight 0.01,
