@@ -79,6 +79,15 @@ class _Sublayers(nn.Module):
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
 
+  def _self_attention(self, x_BLD, mask, rotary, deterministic: bool, bias, cache_index):
+    """The self-attention sublayer with its residual and norm (`Block`, `MoeBlock`)."""
+    attn = self._attention('attention')
+    return self._residual(
+        x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
+                              use_cache=cache_index is not None, cache_index=cache_index),
+        self._norm('attention_norm'), deterministic)
+
+
 class Block(_Sublayers):
   """One layer. post-LN (BERT): x = LN(x + f(x)); pre-LN (GPT-2, Llama): x = x + f(LN(x))."""
 
@@ -93,12 +102,8 @@ class Block(_Sublayers):
     runs the self-attention against its KV cache (`layers.attention`); it is an array, not a
     flag, so that it passes through nn.remat untouched (None = no cache).
     """
-    attn = self._attention('attention')
     ff = self._mlp()
-    x_BLD = self._residual(
-        x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
-                              use_cache=cache_index is not None, cache_index=cache_index),
-        self._norm('attention_norm'), deterministic)
+    x_BLD = self._self_attention(x_BLD, mask, rotary, deterministic, bias, cache_index)
     return self._residual(x_BLD, lambda h: ff(h, deterministic),
                           self._norm('mlp_norm'), deterministic)
 
@@ -112,7 +117,6 @@ class MoeBlock(_Sublayers):
                deterministic: bool = True, bias: jnp.ndarray | None = None,
                cache_index: jnp.ndarray | None = None, valid_BL: jnp.ndarray | None = None):
     """`Block`'s arguments and `valid_BL` `[B, L]` (the tokens to route: not padding)."""
-    attn = self._attention('attention')
     experts = moe.MoeMlp(
         self.moe_experts, self.mlp_dim, top_k=self.moe_top_k,
         capacity_factor=self.moe_capacity_factor,
@@ -121,10 +125,7 @@ class MoeBlock(_Sublayers):
         out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
         dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='moe',
         **self._dt())
-    x_BLD = self._residual(
-        x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
-                              use_cache=cache_index is not None, cache_index=cache_index),
-        self._norm('attention_norm'), deterministic)
+    x_BLD = self._self_attention(x_BLD, mask, rotary, deterministic, bias, cache_index)
     if valid_BL is None:
       valid_BL = jnp.ones(x_BLD.shape[:2], bool)
     aux = {}

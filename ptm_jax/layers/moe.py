@@ -173,9 +173,10 @@ class MoeMlp(nn.Module):
     init = nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
     return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
 
-  def _bias(self, name: str, shape, axes):
+  def _bias_E11X(self, name: str, shape, axes):
+    """An `[E, X]` bias, shaped `[E, 1, 1, X]` to add to `[E, B, C, X]` activations."""
     init = nn.with_logical_partitioning(nn.initializers.zeros, axes)
-    return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
+    return self.param(name, init, shape, self.param_dtype).astype(self.dtype)[:, None, None]
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, valid_BL: jnp.ndarray, deterministic: bool = True):
@@ -211,15 +212,14 @@ class MoeMlp(nn.Module):
     wi_EDF = self._kernel('wi', (num_experts, width, hidden), ('expert', 'embed', 'mlp'), std_in)
     h_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, wi_EDF)
     if self.use_bias:
-      h_EBCF = h_EBCF + self._bias('wi_bias', (num_experts, hidden), ('expert', 'mlp'))[:, None,
-                                                                                           None]
+      h_EBCF = h_EBCF + self._bias_E11X('wi_bias', (num_experts, hidden), ('expert', 'mlp'))
     if self.mlp == 'swiglu':
       up_EDF = self._kernel('wi_up', (num_experts, width, hidden), ('expert', 'embed', 'mlp'),
                             std_in)
       up_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, up_EDF)
       if self.use_bias:  # as the dense SwiGLU: both projections biased
-        up_EBCF = up_EBCF + self._bias('wi_up_bias', (num_experts, hidden), ('expert', 'mlp'))[
-            :, None, None]
+        up_EBCF = up_EBCF + self._bias_E11X('wi_up_bias', (num_experts, hidden),
+                                            ('expert', 'mlp'))
       h_EBCF = act(h_EBCF) * up_EBCF
     else:
       h_EBCF = act(h_EBCF)
@@ -228,8 +228,7 @@ class MoeMlp(nn.Module):
     wo_EFD = self._kernel('wo', (num_experts, hidden, width), ('expert', 'mlp', 'embed'), std_out)
     y_EBCD = jnp.einsum('ebcf,efd->ebcd', h_EBCF, wo_EFD)
     if self.use_bias:
-      y_EBCD = y_EBCD + self._bias('wo_bias', (num_experts, width), ('expert', 'embed'))[:, None,
-                                                                                          None]
+      y_EBCD = y_EBCD + self._bias_E11X('wo_bias', (num_experts, width), ('expert', 'embed'))
     y_EBCD = nn.with_logical_constraint(y_EBCD, names_EBCD)
     y_BLD = jnp.einsum('blec,ebcd->bld', combine_BLEC.astype(self.dtype), y_EBCD)
     y_BLD = nn.with_logical_constraint(y_BLD, ('batch', 'length', 'embed'))
