@@ -3,7 +3,8 @@
 - Round trips per architecture: a random HF PyTorch model -> HF's own `save_pretrained` -> our
   `load_pretrained` -> outputs within 1e-4 on padded random batches; then our `save_pretrained`
   -> transformers `from_pretrained` -> the same outputs, and the same tensor names HF writes.
-- One-line errors: unknown architecture, missing / unexpected tensors.
+- One-line errors: unknown architecture, missing / unexpected tensors; Mixtral settings we cannot
+  express (sliding window, top-1) and MoE configs HF Mixtral cannot (capacity drops, biases).
 - The convert CLI writes a dir `checkpoint.restore_params` reads, and `--to hf` goes back.
 - Real weights: all-MiniLM-L6-v2 (hidden states, mean-pooled embeddings, tokenizer ids) and
   SmolLM2-135M-Instruct from GGUF (logits vs HF Llama built from the same dequantized tensors);
@@ -14,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -98,6 +100,9 @@ CASES = {
     'LlamaForCausalLM-tied': lambda: transformers.LlamaConfig(
         vocab_size=V, num_key_value_heads=1, max_position_embeddings=64,
         tie_word_embeddings=True, bos_token_id=2, eos_token_id=3, **_SMALL),
+    'MixtralForCausalLM': lambda: transformers.MixtralConfig(
+        vocab_size=V, num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0,
+        num_local_experts=4, num_experts_per_tok=2, bos_token_id=2, eos_token_id=3, **_SMALL),
 }
 
 
@@ -227,6 +232,32 @@ def test_one_line_errors(tmp_path):
                        '--dst', str(tmp_path / 'x')]) == 1
 
 
+def test_mixtral_one_line_errors(tmp_path):
+  """What Mixtral cannot express is refused on import and export, before any file is written."""
+  hf = _hf_model('MixtralForCausalLM')
+  hf.save_pretrained(tmp_path / 'good')
+  config = json.loads((tmp_path / 'good' / 'config.json').read_text())
+  from safetensors.numpy import load_file
+  tensors = load_file(str(tmp_path / 'good' / 'model.safetensors'))
+  for change, message in (({'sliding_window': 16}, 'sliding_window=16 < max_position'),
+                          ({'num_experts_per_tok': 1}, 'num_experts_per_tok=1')):
+    _save_tensors(tmp_path / 'bad', tensors, {**config, **change})
+    with pytest.raises(ValueError, match=message) as e:
+      interop.load_pretrained(str(tmp_path / 'bad'))
+    assert '\n' not in str(e.value)
+
+  pre = interop.load_pretrained(str(tmp_path / 'good'))
+  for change, message in (({'moe_eval_capacity_factor': 1.25}, 'drops tokens at inference'),
+                          ({'moe_top_k': 1}, 'moe_top_k=1'), ({'use_bias': True}, 'no biases'),
+                          ({'moe_every': 2}, 'moe_every=2'),
+                          ({'positions': 'learned', 'norm': 'layernorm', 'mlp': 'mlp'},
+                           'exports only as Mixtral')):
+    cfg = dataclasses.replace(pre.config, **change)
+    with pytest.raises(ValueError, match=message) as e:
+      interop.hf.save(cfg, 'decoder', pre.params, str(tmp_path / 'out'))
+    assert '\n' not in str(e.value) and not os.path.exists(tmp_path / 'out')
+
+
 def test_convert_cli_round_trip(tmp_path):
   hf = _hf_model('GPT2LMHeadModel', seed=3)
   hf.save_pretrained(tmp_path / 'hf')
@@ -248,8 +279,9 @@ def test_convert_cli_round_trip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, via_train), direct)
 
 
-def test_greedy_generation_matches_hf(tmp_path):
-  hf = _hf_model('LlamaForCausalLM', seed=5)
+@pytest.mark.parametrize('case', ['LlamaForCausalLM', 'MixtralForCausalLM'])
+def test_greedy_generation_matches_hf(case, tmp_path):
+  hf = _hf_model(case, seed=5)
   hf.save_pretrained(tmp_path / 'hf')
   pre = interop.load_pretrained(str(tmp_path / 'hf'))
   prompt = [7, 42, 99, 5, 18]

@@ -1,5 +1,6 @@
 """experiments/switch.py: its sizes, its dense twin, a runlocal run on real text that lowers the
-loss with the router losses logged, and MoE models refused by the HF export in one line."""
+loss with the router losses logged, and a Switch GPT (not Mixtral-shaped) refused by the HF export
+in one line."""
 import os
 
 import jax

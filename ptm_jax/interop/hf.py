@@ -194,9 +194,11 @@ def load(directory: str, *, seed: int = 0, config_overrides: dict | None = None)
 def save(config, family: str, params: dict, dst: str, *, architecture: str | None = None,
          tokenizer=None, info: dict | None = None) -> str:
   """Writes `config.json` + `model.safetensors` (+ tokenizer files) loadable by transformers."""
-  if getattr(config, 'moe_experts', 0):
-    raise ValueError(f'a mixture-of-experts {family} (moe_experts={config.moe_experts}) has no '
-                     'HF counterpart in the name maps; only dense models (moe_experts=0) export')
+  if getattr(config, 'moe_experts', 0) and not any(
+      m.family == family and m.matches(config) for m in maps.all_maps()):
+    raise ValueError(f'a mixture-of-experts {family} exports only as Mixtral (rotary positions, '
+                     f'RMSNorm, SwiGLU experts); this one has positions={config.positions}, '
+                     f'norm={config.norm}, mlp={config.mlp}')
   amap = maps.for_architecture(architecture) if architecture else maps.for_config(config, family)
   if amap.family != family:
     raise ValueError(f'architecture {architecture!r} is a {amap.family}, not a {family}')

@@ -1,9 +1,9 @@
 """Per-family name maps between HF checkpoints and our parameter trees, and their registry.
 
-One module per HF model family (`bert.py` also holds RoBERTa, `gpt2.py`, `llama.py`); each exports
-`MAPS: list[ArchMap]`. To add a family (ALBERT, ELECTRA, DistilBERT, T5, BART, ...): write
-`maps/<name>.py` exporting `MAPS`, add its module path to `MODULES` below, and add the round-trip
-case to `tests/test_interop.py`. Nothing else in `interop/` changes.
+One module per HF model family (`bert.py` also holds RoBERTa, `gpt2.py`, `llama.py`, `mixtral.py`);
+each exports `MAPS: list[ArchMap]`. To add a family (ALBERT, ELECTRA, DistilBERT, T5, BART, ...):
+write `maps/<name>.py` exporting `MAPS`, add its module path to `MODULES` below, and add the
+round-trip case to `tests/test_interop.py`. Nothing else in `interop/` changes.
 
 Conventions every map follows:
 - HF tensor names are written in their *prefixed* form (`bert.encoder...`, `model.layers...`);
@@ -30,6 +30,7 @@ MODULES: tuple[str, ...] = (
     'ptm_jax.interop.maps.bert',
     'ptm_jax.interop.maps.gpt2',
     'ptm_jax.interop.maps.llama',
+    'ptm_jax.interop.maps.mixtral',
     'ptm_jax.interop.maps.albert',
     'ptm_jax.interop.maps.electra',
     'ptm_jax.interop.maps.distilbert',

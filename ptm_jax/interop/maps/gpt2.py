@@ -32,7 +32,7 @@ def _config_from_hf(c: dict) -> dict:
 
 def _matches(cfg) -> bool:
   return (cfg.positions == 'learned' and cfg.norm == 'layernorm' and cfg.mlp == 'mlp'
-          and cfg.use_bias and cfg.tie_embeddings)
+          and cfg.use_bias and cfg.tie_embeddings and not getattr(cfg, 'moe_experts', 0))
 
 
 def _config_to_hf(cfg) -> dict:

@@ -19,7 +19,8 @@ def _rope_theta(c: dict) -> float:
   return float(rope.get('rope_theta', c.get('rope_theta', 10_000.0)))
 
 
-def _config_from_hf(c: dict) -> dict:
+def config_from_hf(c: dict) -> dict:
+  """Our decoder fields of a LlamaConfig (Mixtral's shares them)."""
   require(c.get('attention_bias', False) == c.get('mlp_bias', False),
           'Llama with attention_bias != mlp_bias is not supported')
   width, heads = c['hidden_size'], c['num_attention_heads']
@@ -38,12 +39,18 @@ def _config_from_hf(c: dict) -> dict:
       initializer_range=c.get('initializer_range', 0.02), scaled_residual_init=False)
 
 
-def _matches(cfg) -> bool:
+def llama_like(cfg) -> bool:
+  """Rotary, RMSNorm, SwiGLU: Llama's layer (Mixtral's too, with experts)."""
   return cfg.positions == 'rotary' and cfg.norm == 'rmsnorm' and cfg.mlp == 'swiglu'
 
 
-def _config_to_hf(cfg) -> dict:
-  require(_matches(cfg), 'only rotary, RMSNorm, SwiGLU decoders are Llama')
+def _matches(cfg) -> bool:
+  return llama_like(cfg) and not getattr(cfg, 'moe_experts', 0)
+
+
+def config_to_hf(cfg) -> dict:
+  """The LlamaConfig fields of a Llama-like decoder (Mixtral adds its own)."""
+  require(llama_like(cfg), 'only rotary, RMSNorm, SwiGLU decoders are Llama')
   return dict(
       model_type='llama', vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -56,7 +63,13 @@ def _config_to_hf(cfg) -> dict:
       attention_dropout=cfg.attention_dropout_rate, initializer_range=cfg.initializer_range)
 
 
-def _params_from_hf(get: Getter, cfg) -> dict:
+def _config_to_hf(cfg) -> dict:
+  require(not getattr(cfg, 'moe_experts', 0), 'a mixture-of-experts decoder is Mixtral, not Llama')
+  return config_to_hf(cfg)
+
+
+def attention_from_hf(get: Getter, pre: str, cfg) -> dict:
+  """One layer's attention and its two RMSNorms (`model.layers.{i}.`); shared with Mixtral."""
   n, kv, h = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, cfg.resolved_head_dim
   bias = cfg.use_bias
 
@@ -66,47 +79,69 @@ def _params_from_hf(get: Getter, cfg) -> dict:
       out['bias'] = get(name + '.bias').reshape(k, h)
     return out
 
+  out = {'kernel': get(pre + 'self_attn.o_proj.weight').T.reshape(n, h, -1)}
+  if bias:
+    out['bias'] = get(pre + 'self_attn.o_proj.bias')
+  return {
+      'attention': {'query': heads(pre + 'self_attn.q_proj', n),
+                    'key': heads(pre + 'self_attn.k_proj', kv),
+                    'value': heads(pre + 'self_attn.v_proj', kv), 'out': out},
+      'attention_norm': {'scale': get(pre + 'input_layernorm.weight')},
+      'mlp_norm': {'scale': get(pre + 'post_attention_layernorm.weight')},
+  }
+
+
+def attention_to_hf(layer: dict, pre: str) -> dict:
+  """Our layer's attention and norms -> HF tensors (the inverse of `attention_from_hf`)."""
+  a, out = layer['attention'], {}
+  for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
+    d, k, h = a[ours]['kernel'].shape
+    out[f'{pre}self_attn.{theirs}.weight'] = a[ours]['kernel'].reshape(d, k * h).T
+    if 'bias' in a[ours]:
+      out[f'{pre}self_attn.{theirs}.bias'] = a[ours]['bias'].reshape(k * h)
+  n, h, d = a['out']['kernel'].shape
+  out[pre + 'self_attn.o_proj.weight'] = a['out']['kernel'].reshape(n * h, d).T
+  if 'bias' in a['out']:
+    out[pre + 'self_attn.o_proj.bias'] = a['out']['bias']
+  out[pre + 'input_layernorm.weight'] = layer['attention_norm']['scale']
+  out[pre + 'post_attention_layernorm.weight'] = layer['mlp_norm']['scale']
+  return out
+
+
+def embeddings_from_hf(get: Getter, cfg) -> dict:
+  """Token table, final norm and (untied) LM head, vocabulary rows padded as the config asks."""
   p = {'token_embed': {'embedding': pad_vocab_rows(get('model.embed_tokens.weight'), cfg)},
        'final_norm': {'scale': get('model.norm.weight')}}
   if not cfg.tie_embeddings:
     p['lm_head'] = {'kernel': pad_vocab_rows(get('lm_head.weight'), cfg).T}
-  for i in range(cfg.num_layers):
-    pre = f'model.layers.{i}.'
-    out = {'kernel': get(pre + 'self_attn.o_proj.weight').T.reshape(n, h, -1)}
-    if bias:
-      out['bias'] = get(pre + 'self_attn.o_proj.bias')
-    p[f'layers_{i}'] = {
-        'attention': {'query': heads(pre + 'self_attn.q_proj', n),
-                      'key': heads(pre + 'self_attn.k_proj', kv),
-                      'value': heads(pre + 'self_attn.v_proj', kv), 'out': out},
-        'attention_norm': {'scale': get(pre + 'input_layernorm.weight')},
-        'mlp_norm': {'scale': get(pre + 'post_attention_layernorm.weight')},
-        'mlp': {'wi_gate': dense(get, pre + 'mlp.gate_proj', bias),
-                'wi_up': dense(get, pre + 'mlp.up_proj', bias),
-                'wo': dense(get, pre + 'mlp.down_proj', bias)},
-    }
   return p
 
 
-def _params_to_hf(p: dict, cfg) -> dict:
+def embeddings_to_hf(p: dict, cfg) -> dict:
   out = {'model.embed_tokens.weight': p['token_embed']['embedding'][:cfg.vocab_size],
          'model.norm.weight': p['final_norm']['scale']}
   if 'lm_head' in p:
     out['lm_head.weight'] = p['lm_head']['kernel'][:, :cfg.vocab_size].T
+  return out
+
+
+def _params_from_hf(get: Getter, cfg) -> dict:
+  p = embeddings_from_hf(get, cfg)
+  for i in range(cfg.num_layers):
+    pre = f'model.layers.{i}.'
+    p[f'layers_{i}'] = dict(
+        attention_from_hf(get, pre, cfg),
+        mlp={'wi_gate': dense(get, pre + 'mlp.gate_proj', cfg.use_bias),
+             'wi_up': dense(get, pre + 'mlp.up_proj', cfg.use_bias),
+             'wo': dense(get, pre + 'mlp.down_proj', cfg.use_bias)})
+  return p
+
+
+def _params_to_hf(p: dict, cfg) -> dict:
+  out = embeddings_to_hf(p, cfg)
   for i in range(cfg.num_layers):
     pre, layer = f'model.layers.{i}.', p[f'layers_{i}']
-    a = layer['attention']
-    for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
-      d, k, h = a[ours]['kernel'].shape
-      out[f'{pre}self_attn.{theirs}.weight'] = a[ours]['kernel'].reshape(d, k * h).T
-      if 'bias' in a[ours]:
-        out[f'{pre}self_attn.{theirs}.bias'] = a[ours]['bias'].reshape(k * h)
-    n, h, d = a['out']['kernel'].shape
-    out[pre + 'self_attn.o_proj.weight'] = a['out']['kernel'].reshape(n * h, d).T
-    if 'bias' in a['out']:
-      out[pre + 'self_attn.o_proj.bias'] = a['out']['bias']
-    out[pre + 'input_layernorm.weight'] = layer['attention_norm']['scale']
-    out[pre + 'post_attention_layernorm.weight'] = layer['mlp_norm']['scale']
+    out.update(attention_to_hf(layer, pre))
     for ours, theirs in (('wi_gate', 'gate_proj'), ('wi_up', 'up_proj'), ('wo', 'down_proj')):
       out.update(dense_out(layer['mlp'][ours], f'{pre}mlp.{theirs}'))
   return out
@@ -116,7 +151,7 @@ MAPS = [ArchMap(
     model_type='llama', family='decoder', base_prefix='model.',
     architectures={'LlamaForCausalLM': ('lm_head',), 'LlamaModel': ()},
     heads={'lm_head': 'lm_head.'},
-    config_from_hf=_config_from_hf, config_to_hf=_config_to_hf,
+    config_from_hf=config_from_hf, config_to_hf=_config_to_hf,
     params_from_hf=_params_from_hf, params_to_hf=_params_to_hf, matches=_matches,
     default_architecture='LlamaForCausalLM',
     ignore_suffixes=('rotary_emb.inv_freq',),
