@@ -85,10 +85,14 @@ def bind_objective(objective: Any, *, model: Any, specials: Any, options: Any
                    ) -> tuple[Callable, Callable]:
   """Partially applies an objective module's corrupt/loss to this run's model and options."""
   experts = getattr(getattr(model, 'config', None), 'moe_experts', 0)
-  if experts and not getattr(objective, 'ADDS_MODEL_AUX_LOSS', False):
+  adds_aux = getattr(objective, 'ADDS_MODEL_AUX_LOSS', False)
+  if callable(adds_aux):  # depends on the options (seq2seq_finetune: its encdec form)
+    adds_aux = adds_aux(options)
+  if experts and not adds_aux:
     name = objective.__name__.rsplit('.', 1)[-1]
     raise ValueError(f'objective {name!r} does not add the mixture-of-experts router losses; '
-                     'train MoE models (model.moe_experts > 0) with clm or prefix_lm')
+                     'train MoE models (model.moe_experts > 0) with clm, prefix_lm (decoder) or '
+                     'span_corruption, bart, mass, seq2seq_finetune form=encdec (encdec)')
   corrupt = functools.partial(objective.corrupt, specials=specials, options=options)
   loss = functools.partial(objective.loss, model=model, specials=specials, options=options)
   return loss, corrupt

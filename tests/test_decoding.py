@@ -40,8 +40,12 @@ def _model(kind: str, vocab: int = V):
     return models.build('decoder', 'runlocal', vocab_size=vocab, num_layers=2,
                         max_position_embeddings=64, dropout_rate=0.0, moe_experts=4, moe_every=1,
                         moe_top_k=2, moe_eval_capacity_factor=2.0, **SMALL)
-  return models.build('encdec', f'{kind}_runlocal', vocab_size=vocab, num_encoder_layers=2,
-                      num_decoder_layers=2, head_dim=8, max_position_embeddings=64, **SMALL)
+  # switch_t5: T5 with 4 top-1 experts in the second layer of each stack; no drops at eval (E / k)
+  extra = dict(moe_eval_capacity_factor=4.0) if kind == 'switch_t5' else {}
+  variant = 'switch_runlocal' if kind == 'switch_t5' else f'{kind}_runlocal'
+  return models.build('encdec', variant, vocab_size=vocab, num_encoder_layers=2,
+                      num_decoder_layers=2, head_dim=8, max_position_embeddings=64, **extra,
+                      **SMALL)
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,7 +159,7 @@ def _cached_step(module, tokens, encoded, enc_seg, seg, positions):
   return module.lm_logits(hidden)
 
 
-@pytest.mark.parametrize('kind', ['t5', 'bart'])
+@pytest.mark.parametrize('kind', ['t5', 'bart', 'switch_t5'])
 def test_cached_encdec_equals_full_forward(kind):
   model, params = _model(kind), _params(kind)
   rng = np.random.default_rng(1)

@@ -7,11 +7,15 @@
 - T5 positions reach the log-spaced buckets (max_distance smaller than the length).
 - A model we build from a variant (not imported) exports to transformers at parity.
 - The convert CLI round-trips a T5 dir; a BART config we cannot express is a one-line error.
+- Switch Transformer (T5 with top-1 experts, a fixed expert capacity that drops tokens in the
+  test batch): round trip and generation at parity; what either side cannot express is a
+  one-line error on import or export.
 - KV-cached generation (`generate.generate_ids`) equals transformers' `generate` for a padded
   batch of prompts: greedy and beam search (3 beams, length penalty, EOS), T5 v1.1 and BART.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -43,6 +47,10 @@ CASES = {
         feed_forward_proj='gated-gelu', tie_word_embeddings=False, **_T5),
     'T5Model': lambda: transformers.T5Config(feed_forward_proj='gated-gelu', **_T5),
     'BartForConditionalGeneration': lambda: transformers.BartConfig(**_BART),
+    # Switch: 4 experts in every other layer; capacity 3 of 14 encoder tokens, so tokens drop.
+    'SwitchTransformersForConditionalGeneration': lambda: transformers.SwitchTransformersConfig(
+        num_experts=4, expert_capacity=3, num_sparse_encoder_layers=1,
+        num_sparse_decoder_layers=2, **dict(_T5, num_decoder_layers=4)),
     'BartModel': lambda: transformers.BartConfig(scale_embedding=True, activation_function='relu',
                                                  **_BART),
 }
@@ -142,9 +150,12 @@ def test_hf_round_trip(case, tmp_path):
   _assert_match(_run_hf(back, batch), theirs, batch)
 
 
-@pytest.mark.parametrize('variant', ['t5_runlocal', 'bart_runlocal'])
+@pytest.mark.parametrize('variant', ['t5_runlocal', 'bart_runlocal', 'switch_runlocal'])
 def test_our_variant_exports_at_parity(variant, tmp_path):
-  model = models.build('encdec', variant, vocab_size=V, num_encoder_layers=1, num_decoder_layers=1)
+  depth = 2 if variant.startswith('switch') else 1  # Switch routes layer 1 of each stack
+  extra = dict(moe_capacity=4) if variant.startswith('switch') else {}  # HF: a fixed capacity
+  model = models.build('encdec', variant, vocab_size=V, num_encoder_layers=depth,
+                       num_decoder_layers=depth, **extra)
   tokens = jnp.ones((1, 4), jnp.int32)
   params = flax.core.meta.unbox(
       model.init(jax.random.key(3), tokens, segment_ids=tokens, positions=None)['params'])
@@ -153,7 +164,8 @@ def test_our_variant_exports_at_parity(variant, tmp_path):
       lambda path, x: x + 0.1 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
       if str(path[-1]) in ("['scale']", "['bias']") else x, params)
   interop.save_pretrained(model, params, str(tmp_path / 'hf'))
-  cls = 'T5ForConditionalGeneration' if variant.startswith('t5') else 'BartForConditionalGeneration'
+  cls = {'t5': 'T5ForConditionalGeneration', 'bart': 'BartForConditionalGeneration',
+         'switch': 'SwitchTransformersForConditionalGeneration'}[variant.split('_')[0]]
   assert json.loads((tmp_path / 'hf' / 'config.json').read_text())['architectures'] == [cls]
   hf = getattr(transformers, cls).from_pretrained(tmp_path / 'hf',
                                                   attn_implementation='eager').eval()
@@ -191,6 +203,29 @@ def test_unsupported_bart_config_is_one_line_error(tmp_path):
   assert '\n' not in str(e.value)
 
 
+def test_switch_transformers_one_line_errors(tmp_path):
+  """What our encdec MoE cannot express is refused on import, and what HF's cannot on export."""
+  case = 'SwitchTransformersForConditionalGeneration'
+  _hf_model(case, seed=2).save_pretrained(tmp_path / 'good')
+  config = json.loads((tmp_path / 'good' / 'config.json').read_text())
+  for change, message in (({'router_bias': True}, 'router_bias'),
+                          ({'num_sparse_decoder_layers': 1}, 'decoder sparse step 4'),
+                          ({'num_sparse_encoder_layers': 2}, 'encoder sparse step 1 != decoder 2'),
+                          ({'router_dtype': 'bfloat16'}, 'router_dtype')):
+    (tmp_path / 'good' / 'config.json').write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=message) as e:
+      interop.load_pretrained(str(tmp_path / 'good'))
+    assert '\n' not in str(e.value)
+  (tmp_path / 'good' / 'config.json').write_text(json.dumps(config))
+  pre = interop.load_pretrained(str(tmp_path / 'good'))
+  for change, message in (({'moe_top_k': 2}, 'routes top-1'), ({'moe_capacity': 0}, 'fixed expert'),
+                          ({'mlp': 'swiglu'}, 'plain MLPs'), ({'tie_embeddings': False}, 'ties')):
+    cfg = dataclasses.replace(pre.config, **change)
+    with pytest.raises(ValueError, match=message) as e:
+      interop.hf.save(cfg, 'encdec', pre.params, str(tmp_path / 'out'))
+    assert '\n' not in str(e.value) and not os.path.exists(tmp_path / 'out')
+
+
 def _hf_generate(hf, prompts, options, pad_id, start_id):
   """transformers' generate on right-padded prompts -> new ids per row, cut after EOS."""
   width = max(len(p) for p in prompts)
@@ -210,10 +245,13 @@ def _hf_generate(hf, prompts, options, pad_id, start_id):
   return rows
 
 
-@pytest.mark.parametrize('case', ['T5ForConditionalGeneration-v1_1', 'BartForConditionalGeneration'])
+@pytest.mark.parametrize('case', ['T5ForConditionalGeneration-v1_1', 'BartForConditionalGeneration',
+                                  'SwitchTransformersForConditionalGeneration'])
 def test_generation_matches_transformers(case, tmp_path):
   # Equal stack depths: transformers' T5 cache is sized by the encoder's layer count.
   depth = dict(num_decoder_layers=2) if case.startswith('T5') else dict(decoder_layers=2)
+  if case.startswith('Switch'):
+    depth = dict(num_decoder_layers=2, num_sparse_decoder_layers=1, decoder_sparse_step=2)
   hf = _hf_model(case, seed=11, **depth)
   hf.save_pretrained(tmp_path / 'hf')
   pre = interop.load_pretrained(str(tmp_path / 'hf'))

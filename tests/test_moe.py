@@ -64,8 +64,11 @@ def test_expert_capacity():
   assert moe.expert_capacity(16, 4, 2, 1.0) == 8  # ceil(2 * 16 / 4)
   assert moe.expert_capacity(10, 3, 1, 1.0) == 4  # ceil(10 / 3)
   assert moe.expert_capacity(8, 64, 1, 1.0) == 1  # ceil(0.125), at least 1
-  assert moe.expert_capacity(8, 2, 2, 10.0) == 16  # ceil(80), at most k * L
+  assert moe.expert_capacity(8, 2, 2, 10.0) == 8  # ceil(80), at most L (k distinct experts)
   assert moe.expert_capacity(8, 4, 1, 4.0) == 8  # factor E: every token fits
+  assert moe.expert_capacity(8, 4, 2, 2.0) == 8  # factor E / k: dropless (Mixtral's import)
+  assert moe.expert_capacity(100, 8, 1, 1.25, fixed=64) == 64  # HF SwitchTransformers
+  assert moe.expert_capacity(16, 8, 1, 1.25, fixed=64) == 16
 
 
 def test_route_top1_worked_example():

@@ -196,9 +196,9 @@ def save(config, family: str, params: dict, dst: str, *, architecture: str | Non
   """Writes `config.json` + `model.safetensors` (+ tokenizer files) loadable by transformers."""
   if getattr(config, 'moe_experts', 0) and not any(
       m.family == family and m.matches(config) for m in maps.all_maps()):
-    raise ValueError(f'a mixture-of-experts {family} exports only as Mixtral (rotary positions, '
-                     f'RMSNorm, SwiGLU experts); this one has positions={config.positions}, '
-                     f'norm={config.norm}, mlp={config.mlp}')
+    raise ValueError(f'a mixture-of-experts {family} exports only as Mixtral (decoder: rotary, '
+                     'RMSNorm, SwiGLU) or SwitchTransformers (encdec: T5 v1.0 layers); this one '
+                     f'has positions={config.positions}, norm={config.norm}, mlp={config.mlp}')
   amap = maps.for_architecture(architecture) if architecture else maps.for_config(config, family)
   if amap.family != family:
     raise ValueError(f'architecture {architecture!r} is a {amap.family}, not a {family}')

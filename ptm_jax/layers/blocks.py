@@ -42,6 +42,7 @@ class _Sublayers(nn.Module):
   moe_top_k: int = 1
   moe_capacity_factor: float = 1.25
   moe_eval_capacity_factor: float = 2.0
+  moe_capacity: int = 0
   moe_jitter: float = 0.0
 
   def _dt(self) -> dict:
@@ -78,7 +79,6 @@ class _Sublayers(nn.Module):
       x_BLD = norm(x_BLD + drop(f(x_BLD), deterministic=deterministic))
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
-
   def _self_attention(self, x_BLD, mask, rotary, deterministic: bool, bias, cache_index):
     """The self-attention sublayer with its residual and norm (`Block`, `MoeBlock`)."""
     attn = self._attention('attention')
@@ -86,6 +86,29 @@ class _Sublayers(nn.Module):
         x_BLD, lambda h: attn(h, mask, rotary=rotary, deterministic=deterministic, bias=bias,
                               use_cache=cache_index is not None, cache_index=cache_index),
         self._norm('attention_norm'), deterministic)
+
+  def _routed_feed_forward(self, x_BLD, valid_BL, deterministic: bool):
+    """The mixture-of-experts feed-forward sublayer: (x, router aux dict) (`layers.moe`)."""
+    experts = moe.MoeMlp(
+        self.moe_experts, self.mlp_dim, top_k=self.moe_top_k,
+        capacity_factor=self.moe_capacity_factor,
+        eval_capacity_factor=self.moe_eval_capacity_factor, capacity=self.moe_capacity,
+        jitter=self.moe_jitter, mlp=self.mlp, activation=self.activation, use_bias=self.use_bias,
+        init_stddev=self.init_stddev,
+        out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
+        dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='moe',
+        **self._dt())
+    if valid_BL is None:
+      valid_BL = jnp.ones(x_BLD.shape[:2], bool)
+    aux = {}
+
+    def routed(h_BLD):
+      y_BLD, aux_ = experts(h_BLD, valid_BL, deterministic)
+      aux.update(aux_)
+      return y_BLD
+
+    x_BLD = self._residual(x_BLD, routed, self._norm('mlp_norm'), deterministic)
+    return x_BLD, aux
 
 
 class Block(_Sublayers):
@@ -117,31 +140,26 @@ class MoeBlock(_Sublayers):
                deterministic: bool = True, bias: jnp.ndarray | None = None,
                cache_index: jnp.ndarray | None = None, valid_BL: jnp.ndarray | None = None):
     """`Block`'s arguments and `valid_BL` `[B, L]` (the tokens to route: not padding)."""
-    experts = moe.MoeMlp(
-        self.moe_experts, self.mlp_dim, top_k=self.moe_top_k,
-        capacity_factor=self.moe_capacity_factor,
-        eval_capacity_factor=self.moe_eval_capacity_factor, jitter=self.moe_jitter, mlp=self.mlp,
-        activation=self.activation, use_bias=self.use_bias, init_stddev=self.init_stddev,
-        out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
-        dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='moe',
-        **self._dt())
     x_BLD = self._self_attention(x_BLD, mask, rotary, deterministic, bias, cache_index)
-    if valid_BL is None:
-      valid_BL = jnp.ones(x_BLD.shape[:2], bool)
-    aux = {}
-
-    def routed(h_BLD):
-      y_BLD, aux_ = experts(h_BLD, valid_BL, deterministic)
-      aux.update(aux_)
-      return y_BLD
-
-    x_BLD = self._residual(x_BLD, routed, self._norm('mlp_norm'), deterministic)
-    return x_BLD, aux
+    return self._routed_feed_forward(x_BLD, valid_BL, deterministic)
 
 
 class EncoderDecoderBlock(_Sublayers):
   """Decoder layer of an encoder–decoder (T5, BART): causal self-attention, cross-attention over
   the encoder output, feed-forward; each with its own norm (pre- or post-LN)."""
+
+  def _attend(self, x_BLD, mask, encoded_BSD, cross_mask, bias, deterministic, cache_index):
+    """The self- and cross-attention sublayers (this block and `MoeEncoderDecoderBlock`)."""
+    use_cache = cache_index is not None
+    attn, cross = self._attention('attention'), self._attention('cross_attention')
+    x_BLD = self._residual(
+        x_BLD, lambda h: attn(h, mask, deterministic=deterministic, bias=bias,
+                              use_cache=use_cache, cache_index=cache_index),
+        self._norm('attention_norm'), deterministic)
+    return self._residual(
+        x_BLD, lambda h: cross(h, cross_mask, deterministic=deterministic, kv_BSD=encoded_BSD,
+                               use_cache=use_cache),
+        self._norm('cross_attention_norm'), deterministic)
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None,
@@ -149,18 +167,24 @@ class EncoderDecoderBlock(_Sublayers):
                bias: jnp.ndarray | None = None, deterministic: bool = True,
                cache_index: jnp.ndarray | None = None) -> jnp.ndarray:
     """Positional args only (nn.remat marks `deterministic` static); `cache_index` as in `Block`."""
-    use_cache = cache_index is not None
-    attn, cross, ff = self._attention('attention'), self._attention('cross_attention'), self._mlp()
-    x_BLD = self._residual(
-        x_BLD, lambda h: attn(h, mask, deterministic=deterministic, bias=bias,
-                              use_cache=use_cache, cache_index=cache_index),
-        self._norm('attention_norm'), deterministic)
-    x_BLD = self._residual(
-        x_BLD, lambda h: cross(h, cross_mask, deterministic=deterministic, kv_BSD=encoded_BSD,
-                               use_cache=use_cache),
-        self._norm('cross_attention_norm'), deterministic)
+    ff = self._mlp()
+    x_BLD = self._attend(x_BLD, mask, encoded_BSD, cross_mask, bias, deterministic, cache_index)
     return self._residual(x_BLD, lambda h: ff(h, deterministic),
                           self._norm('mlp_norm'), deterministic)
+
+
+class MoeEncoderDecoderBlock(EncoderDecoderBlock):
+  """`EncoderDecoderBlock` whose feed-forward is a mixture of experts (Switch Transformer's
+  decoder layers); returns (x, router aux dict)."""
+
+  @nn.compact
+  def __call__(self, x_BLD: jnp.ndarray, mask: jnp.ndarray | None,
+               encoded_BSD: jnp.ndarray, cross_mask: jnp.ndarray | None,
+               bias: jnp.ndarray | None = None, deterministic: bool = True,
+               cache_index: jnp.ndarray | None = None, valid_BL: jnp.ndarray | None = None):
+    """`EncoderDecoderBlock`'s arguments and `valid_BL` `[B, L]` (the tokens to route)."""
+    x_BLD = self._attend(x_BLD, mask, encoded_BSD, cross_mask, bias, deterministic, cache_index)
+    return self._routed_feed_forward(x_BLD, valid_BL, deterministic)
 
 
 def block_class(remat: bool, moe_block: bool = False) -> type[Block] | type[MoeBlock]:
@@ -173,9 +197,11 @@ def block_class(remat: bool, moe_block: bool = False) -> type[Block] | type[MoeB
   return nn.remat(cls, static_argnums=(4,))
 
 
-def encoder_decoder_block_class(remat: bool) -> type[EncoderDecoderBlock]:
-  """`EncoderDecoderBlock`, or its rematerialised version."""
+def encoder_decoder_block_class(remat: bool, moe_block: bool = False
+                                ) -> type[EncoderDecoderBlock]:
+  """`EncoderDecoderBlock` (or `MoeEncoderDecoderBlock`), or its rematerialised version."""
+  cls = MoeEncoderDecoderBlock if moe_block else EncoderDecoderBlock
   if not remat:
-    return EncoderDecoderBlock
-  # (self, x, mask, encoded, cross_mask, bias, deterministic, cache_index).
-  return nn.remat(EncoderDecoderBlock, static_argnums=(6,))
+    return cls
+  # (self, x, mask, encoded, cross_mask, bias, deterministic, cache_index[, valid]).
+  return nn.remat(cls, static_argnums=(6,))

@@ -55,9 +55,18 @@ class Fields:
   moe_top_k: int = 1
   moe_capacity_factor: float = 1.25
   moe_eval_capacity_factor: float = 2.0
+  # > 0: a fixed number of slots per expert and row instead of the factors (HF
+  # SwitchTransformers' `expert_capacity`; Switch-Base-8 uses 64). 0 = from the factors.
+  moe_capacity: int = 0
   moe_jitter: float = 0.0
   moe_balance_weight: float = 0.01
   moe_z_weight: float = 0.0
+
+
+def _depths(cfg) -> list[int]:
+  """The layer counts of a family's stacks (decoder: one; encoder–decoder: two)."""
+  names = ('num_layers', 'num_encoder_layers', 'num_decoder_layers')
+  return [getattr(cfg, n) for n in names if hasattr(cfg, n)]
 
 
 def check(cfg: Fields) -> None:
@@ -67,11 +76,14 @@ def check(cfg: Fields) -> None:
                      f'{cfg.moe_every} >= 1')
   if cfg.moe_experts and not 1 <= cfg.moe_top_k <= cfg.moe_experts:
     raise ValueError(f'moe_top_k={cfg.moe_top_k} must be in [1, moe_experts={cfg.moe_experts}]')
-  if min(cfg.moe_capacity_factor, cfg.moe_eval_capacity_factor) <= 0 or cfg.moe_jitter < 0:
-    raise ValueError('moe capacity factors must be > 0 and moe_jitter >= 0, got '
-                     f'{cfg.moe_capacity_factor}, {cfg.moe_eval_capacity_factor}, {cfg.moe_jitter}')
-  if cfg.moe_experts and cfg.moe_every > getattr(cfg, 'num_layers', cfg.moe_every):
-    raise ValueError(f'moe_every={cfg.moe_every} exceeds num_layers={cfg.num_layers}: no layer '
+  if (min(cfg.moe_capacity_factor, cfg.moe_eval_capacity_factor) <= 0 or cfg.moe_jitter < 0
+      or cfg.moe_capacity < 0):
+    raise ValueError('moe capacity factors must be > 0, moe_capacity >= 0 and moe_jitter >= 0, '
+                     f'got {cfg.moe_capacity_factor}, {cfg.moe_eval_capacity_factor}, '
+                     f'{cfg.moe_capacity}, {cfg.moe_jitter}')
+  depth = min(_depths(cfg), default=cfg.moe_every)
+  if cfg.moe_experts and cfg.moe_every > depth:
+    raise ValueError(f'moe_every={cfg.moe_every} exceeds the {depth} layers of a stack: no layer '
                      'would be routed; lower moe_every')
 
 
@@ -84,7 +96,8 @@ def block_kwargs(cfg: Fields) -> dict[str, Any]:
   """The `layers.blocks.MoeBlock` fields of a Config."""
   return dict(moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k,
               moe_capacity_factor=cfg.moe_capacity_factor,
-              moe_eval_capacity_factor=cfg.moe_eval_capacity_factor, moe_jitter=cfg.moe_jitter)
+              moe_eval_capacity_factor=cfg.moe_eval_capacity_factor, moe_capacity=cfg.moe_capacity,
+              moe_jitter=cfg.moe_jitter)
 
 
 def model_outputs(cfg: Fields, layer_aux: Sequence[dict[str, jnp.ndarray]]) -> dict[str, Any]:
@@ -101,9 +114,12 @@ def model_outputs(cfg: Fields, layer_aux: Sequence[dict[str, jnp.ndarray]]) -> d
 
 
 def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int,
-                    capacity_factor: float) -> int:
-  """Slots per expert and group: ceil(k * tokens * factor / E), at least 1, at most k * tokens."""
-  return int(min(top_k * tokens_per_group,
+                    capacity_factor: float, fixed: int = 0) -> int:
+  """Slots per expert and group: `fixed` if > 0, else ceil(k * tokens * factor / E) and at least
+  1; at most `tokens` (a token's k choices are distinct experts: no expert gets more)."""
+  if fixed > 0:
+    return min(tokens_per_group, fixed)
+  return int(min(tokens_per_group,
                  max(1, math.ceil(top_k * tokens_per_group * capacity_factor / num_experts))))
 
 
@@ -158,6 +174,7 @@ class MoeMlp(nn.Module):
   top_k: int = 1
   capacity_factor: float = 1.25  # Switch's training default
   eval_capacity_factor: float = 2.0  # Switch's evaluation default
+  capacity: int = 0  # > 0: this many slots per expert and row, whatever the factors
   jitter: float = 0.0  # Switch: 1e-2 (multiplicative noise on the router's input, training only)
   mlp: str = 'mlp'  # or 'swiglu'
   activation: str = 'gelu'
@@ -200,7 +217,7 @@ class MoeMlp(nn.Module):
     probs_BLE = jax.nn.softmax(logits_BLE, axis=-1)
 
     factor = self.eval_capacity_factor if deterministic else self.capacity_factor
-    capacity = expert_capacity(length, num_experts, self.top_k, factor)
+    capacity = expert_capacity(length, num_experts, self.top_k, factor, self.capacity)
     dispatch_BLEC, combine_BLEC, first_BLE, kept_B = route(probs_BLE, valid_BL, self.top_k,
                                                            capacity)
     names_EBCD = ('expert', 'batch', None, 'embed')

@@ -35,14 +35,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ptm_jax.layers import attention, blocks, embeddings, masks, norms
+from ptm_jax.layers import attention, blocks, embeddings, masks, moe, norms
 from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """Encoder–decoder hyper-parameters; defaults are T5 v1.0 small (60.5M, 32128 vocab)."""
+class Config(moe.Fields):
+  """Encoder–decoder hyper-parameters; defaults are T5 v1.0 small (60.5M, 32128 vocab).
+
+  `moe_experts > 0` makes every `moe_every`-th feed-forward of both stacks a mixture of experts
+  (`layers.moe.Fields`): the Switch Transformer (Fedus et al. 2022) is T5 with 8..2048 experts
+  in every other layer. The model then also returns `aux_loss` and `moe` metrics.
+  """
 
   vocab_size: int = 32128
   embed_dim: int = 512
@@ -122,6 +127,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     't5_large': _t5(1024, 24, 16, 4096),  # 737.7M
     't5_v1_1_small': _t5(512, 8, 6, 1024, **_T5_V1_1),
     't5_v1_1_base': _t5(768, 12, 12, 2048, **_T5_V1_1),
+    # Switch Transformer (Fedus et al. 2022): T5 v1.0 with 8 top-1 experts in every other layer.
+    'switch_runlocal': _t5(128, 2, 2, 512, moe_experts=4),
+    'switch_base_8': _t5(768, 12, 12, 3072, moe_experts=8),  # 619.3M, as google/switch-base-8
     'bart_runlocal': _bart(128, 2, max_position_embeddings=512),
     'bart_base': _bart(768, 6),  # 139.4M (+ the 50265 logits bias)
     'bart_large': _bart(1024, 12),  # 406.3M (+ the 50265 logits bias)
@@ -144,6 +152,7 @@ class _Init:
 
 
 def _check(cfg: Config) -> None:
+  moe.check(cfg)
   if cfg.positions not in ('relative', 'learned'):
     raise ValueError(f"unknown positions {cfg.positions!r}; known: 'relative', 'learned'")
   if cfg.norm not in ('rmsnorm', 'layernorm'):
@@ -202,10 +211,13 @@ class Model(nn.Module):
                  mlp_out_init_stddev=std.mlp_out,
                  attention_scale=None if cfg.scale_attention else 1.0,
                  attention_impl=cfg.attention_impl, **dt)
-    self.encoder_layers = [blocks.block_class(cfg.remat)(**layer)
-                           for _ in range(cfg.num_encoder_layers)]
-    self.decoder_layers = [blocks.encoder_decoder_block_class(cfg.remat)(**layer)
-                           for _ in range(cfg.num_decoder_layers)]
+    routed = lambda i: moe.is_moe_layer(cfg, i)  # noqa: E731
+    moe_kw = lambda i: moe.block_kwargs(cfg) if routed(i) else {}  # noqa: E731
+    self.encoder_layers = [blocks.block_class(cfg.remat, routed(i))(**layer, **moe_kw(i))
+                           for i in range(cfg.num_encoder_layers)]
+    self.decoder_layers = [
+        blocks.encoder_decoder_block_class(cfg.remat, routed(i))(**layer, **moe_kw(i))
+        for i in range(cfg.num_decoder_layers)]
     if not cfg.tie_embeddings:
       # float32 logits without upcasting the [D, V] kernel; backward in the compute dtype.
       self.lm_head = embeddings.VocabProjection(
@@ -238,6 +250,10 @@ class Model(nn.Module):
   def encode(self, tokens: jnp.ndarray, *, segment_ids: jnp.ndarray,
              positions: jnp.ndarray | None = None, deterministic: bool = True) -> jnp.ndarray:
     """Encoder stack: tokens `[B, Le]` -> hidden `[B, Le, D]`."""
+    return self._encode(tokens, segment_ids, positions, deterministic)[0]
+
+  def _encode(self, tokens, segment_ids, positions, deterministic):
+    """`encode` and the routed layers' aux dicts."""
     positions = _default_positions(tokens, positions)
     x_BLD = self._embed(tokens, positions, 'encoder', deterministic)
     mask = masks.combine(masks.padding_mask(segment_ids),
@@ -245,9 +261,14 @@ class Model(nn.Module):
     bias = None
     if self.config.positions == 'relative':
       bias = self.encoder_relpos(positions, positions)
-    for layer in self.encoder_layers:
-      x_BLD = layer(x_BLD, mask, None, deterministic, bias, None)
-    return self._finish(x_BLD, 'encoder', deterministic)
+    layer_aux = []
+    for i, layer in enumerate(self.encoder_layers):
+      if moe.is_moe_layer(self.config, i):
+        x_BLD, aux = layer(x_BLD, mask, None, deterministic, bias, None, segment_ids != 0)
+        layer_aux.append(aux)
+      else:
+        x_BLD = layer(x_BLD, mask, None, deterministic, bias, None)
+    return self._finish(x_BLD, 'encoder', deterministic), layer_aux
 
   def decode(self, tokens: jnp.ndarray, encoded: jnp.ndarray, *,
              encoder_segment_ids: jnp.ndarray, segment_ids: jnp.ndarray,
@@ -258,6 +279,12 @@ class Model(nn.Module):
     With `use_cache` (mutable 'cache'), the tokens continue the cached ones (`ptm_jax.decoding`):
     causality is by cache slot, and `positions` must be given.
     """
+    return self._decode(tokens, encoded, encoder_segment_ids, segment_ids, positions,
+                        deterministic, use_cache)[0]
+
+  def _decode(self, tokens, encoded, encoder_segment_ids, segment_ids, positions, deterministic,
+              use_cache):
+    """`decode` and the routed layers' aux dicts."""
     if use_cache and positions is None:
       raise ValueError('decode(use_cache=True) needs explicit positions (where the tokens sit)')
     positions = _default_positions(tokens, positions)
@@ -274,9 +301,15 @@ class Model(nn.Module):
     bias = None
     if self.config.positions == 'relative':
       bias = self.decoder_relpos(positions, key_positions)
-    for layer in self.decoder_layers:
-      x_BLD = layer(x_BLD, mask, encoded, cross_mask, bias, deterministic, cache_index)
-    return self._finish(x_BLD, 'decoder', deterministic)
+    layer_aux = []
+    for i, layer in enumerate(self.decoder_layers):
+      if moe.is_moe_layer(self.config, i):
+        x_BLD, aux = layer(x_BLD, mask, encoded, cross_mask, bias, deterministic, cache_index,
+                           segment_ids != 0)
+        layer_aux.append(aux)
+      else:
+        x_BLD = layer(x_BLD, mask, encoded, cross_mask, bias, deterministic, cache_index)
+    return self._finish(x_BLD, 'decoder', deterministic), layer_aux
 
   def lm_logits(self, hidden_BLD: jnp.ndarray) -> jnp.ndarray:
     """Next-token logits `[B, L, V]` from the decoder output (float32 unless `logits_dtype`)."""
@@ -300,7 +333,7 @@ class Model(nn.Module):
                segment_ids: jnp.ndarray | None = None, positions: jnp.ndarray | None = None,
                token_types: jnp.ndarray | None = None,
                deterministic: bool = True, compute_logits: bool = True) -> dict[str, Any]:
-    """Encoder + decoder + LM head -> dict(logits, hidden, encoder_hidden).
+    """Encoder + decoder + LM head -> dict(logits, hidden, encoder_hidden[, aux_loss, moe]).
 
     `compute_logits=False` skips the `[B, L, V]` projection (a chunked loss applies `lm_logits`
     to slices of `hidden` itself); `logits` is then absent.
@@ -316,12 +349,13 @@ class Model(nn.Module):
     if encoder_segment_ids is None or decoder_segment_ids is None:
       raise ValueError('encdec.Model needs encoder_segment_ids and decoder_segment_ids '
                        '(0 = padding, 1.. = packed segments)')
-    encoded_BSD = self.encode(encoder_tokens, segment_ids=encoder_segment_ids,
-                              positions=encoder_positions, deterministic=deterministic)
-    hidden_BLD = self.decode(decoder_tokens, encoded_BSD, encoder_segment_ids=encoder_segment_ids,
-                             segment_ids=decoder_segment_ids, positions=decoder_positions,
-                             deterministic=deterministic)
-    out = dict(hidden=hidden_BLD, encoder_hidden=encoded_BSD)
+    encoded_BSD, encoder_aux = self._encode(encoder_tokens, encoder_segment_ids,
+                                            encoder_positions, deterministic)
+    hidden_BLD, decoder_aux = self._decode(decoder_tokens, encoded_BSD, encoder_segment_ids,
+                                           decoder_segment_ids, decoder_positions, deterministic,
+                                           False)
+    out = dict(hidden=hidden_BLD, encoder_hidden=encoded_BSD,
+               **moe.model_outputs(self.config, encoder_aux + decoder_aux))
     if compute_logits:
       out['logits'] = self.lm_logits(hidden_BLD)
     return out

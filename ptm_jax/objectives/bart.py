@@ -41,6 +41,10 @@ import jax.numpy as jnp
 from ptm_jax.objectives import common, mlm, noising, seq2seq
 
 
+# The loss adds a mixture-of-experts model's router losses (`seq2seq.loss`).
+ADDS_MODEL_AUX_LOSS = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """BART noising mix; the defaults are the paper's best (infilling + sentence permutation)."""

@@ -34,6 +34,11 @@ from ptm_jax.objectives import common, glm, mlm, seq2seq, unilm
 FORMS = ('encdec', 'prefix_lm', 'unilm', 'glm')
 
 
+def ADDS_MODEL_AUX_LOSS(options) -> bool:  # noqa: N802 (the flag other objectives set)
+  """The encoder–decoder form's loss adds a mixture-of-experts model's router losses."""
+  return options.form == 'encdec'
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Fine-tuning form and loss options."""

@@ -41,6 +41,10 @@ import numpy as np
 from ptm_jax.objectives import common, noising, seq2seq
 
 
+# The loss adds a mixture-of-experts model's router losses (`seq2seq.loss`).
+ADDS_MODEL_AUX_LOSS = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """T5 span-corruption hyper-parameters (the paper's defaults)."""

@@ -36,6 +36,7 @@ MODULES: tuple[str, ...] = (
     'ptm_jax.interop.maps.distilbert',
     'ptm_jax.interop.maps.roformer',
     'ptm_jax.interop.maps.t5',
+    'ptm_jax.interop.maps.switch_transformers',
     'ptm_jax.interop.maps.bart',
 )
 

@@ -46,7 +46,7 @@ def _matches(cfg) -> bool:
   return (cfg.positions == 'learned' and cfg.norm == 'layernorm' and not cfg.pre_norm
           and cfg.embed_norm and not cfg.final_norm and cfg.mlp == 'mlp' and cfg.use_bias
           and cfg.scale_attention and cfg.tie_embeddings and not cfg.scale_decoder_output
-          and cfg.logits_bias)
+          and cfg.logits_bias and not getattr(cfg, 'moe_experts', 0))
 
 
 def _config_to_hf(cfg) -> dict:

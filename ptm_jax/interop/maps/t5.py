@@ -53,10 +53,15 @@ def _config_from_names(fields: dict, names: set[str]) -> dict:
   return fields
 
 
-def _matches(cfg) -> bool:
+def t5_like(cfg) -> bool:
+  """T5's layer: relative positions, pre-RMSNorm, no biases (SwitchTransformers' too)."""
   return (cfg.positions == 'relative' and cfg.norm == 'rmsnorm' and cfg.pre_norm
           and cfg.final_norm and not cfg.embed_norm and not cfg.use_bias
           and not cfg.scale_attention and not cfg.scale_embedding and not cfg.logits_bias)
+
+
+def _matches(cfg) -> bool:
+  return t5_like(cfg) and not getattr(cfg, 'moe_experts', 0)
 
 
 def _feed_forward_proj(cfg) -> str:
@@ -67,7 +72,9 @@ def _feed_forward_proj(cfg) -> str:
 
 
 def _config_to_hf(cfg) -> dict:
-  require(_matches(cfg), 'only pre-RMSNorm, bias-free, relative-position encdec configs are T5')
+  require(t5_like(cfg), 'only pre-RMSNorm, bias-free, relative-position encdec configs are T5')
+  require(not getattr(cfg, 'moe_experts', 0),
+          'a mixture-of-experts T5 is SwitchTransformers, not T5')
   require(cfg.attention_dropout_rate == cfg.dropout_rate == cfg.mlp_dropout_rate,
           'T5 has one dropout_rate; set dropout_rate = attention_ = mlp_dropout_rate')
   return dict(
@@ -82,13 +89,14 @@ def _config_to_hf(cfg) -> dict:
       decoder_start_token_id=cfg.decoder_start_id)
 
 
-def _attention_from_hf(get: Getter, pre: str, n: int, h: int) -> dict:
+def attention_from_hf(get: Getter, pre: str, n: int, h: int) -> dict:
+  """T5's q/k/v/o (no biases) -> our Attention params; shared with SwitchTransformers."""
   qkv = {ours: {'kernel': get(f'{pre}.{theirs}.weight').T.reshape(-1, n, h)}
          for ours, theirs in (('query', 'q'), ('key', 'k'), ('value', 'v'))}
   return {**qkv, 'out': {'kernel': get(f'{pre}.o.weight').T.reshape(n, h, -1)}}
 
 
-def _attention_to_hf(a: dict, pre: str) -> dict:
+def attention_to_hf(a: dict, pre: str) -> dict:
   out = {}
   for ours, theirs in (('query', 'q'), ('key', 'k'), ('value', 'v')):
     d, n, h = a[ours]['kernel'].shape
@@ -116,14 +124,14 @@ def _params_from_hf(get: Getter, cfg) -> dict:
       pre = f'{stack}.block.{i}.layer.'
       ff = 2 if stack == 'decoder' else 1
       layer = {
-          'attention': _attention_from_hf(get, pre + '0.SelfAttention', n, h),
+          'attention': attention_from_hf(get, pre + '0.SelfAttention', n, h),
           'attention_norm': {'scale': get(pre + '0.layer_norm.weight')},
           'mlp': {ours: {'kernel': get(f'{pre}{ff}.DenseReluDense.{theirs}.weight').T}
                   for ours, theirs in names},
           'mlp_norm': {'scale': get(f'{pre}{ff}.layer_norm.weight')},
       }
       if stack == 'decoder':
-        layer['cross_attention'] = _attention_from_hf(get, pre + '1.EncDecAttention', n, h)
+        layer['cross_attention'] = attention_from_hf(get, pre + '1.EncDecAttention', n, h)
         layer['cross_attention_norm'] = {'scale': get(pre + '1.layer_norm.weight')}
       p[f'{stack}_layers_{i}'] = layer
   return p
@@ -141,10 +149,10 @@ def _params_to_hf(p: dict, cfg) -> dict:
     for i in range(num):
       pre, layer = f'{stack}.block.{i}.layer.', p[f'{stack}_layers_{i}']
       ff = 2 if stack == 'decoder' else 1
-      out.update(_attention_to_hf(layer['attention'], pre + '0.SelfAttention'))
+      out.update(attention_to_hf(layer['attention'], pre + '0.SelfAttention'))
       out[pre + '0.layer_norm.weight'] = layer['attention_norm']['scale']
       if stack == 'decoder':
-        out.update(_attention_to_hf(layer['cross_attention'], pre + '1.EncDecAttention'))
+        out.update(attention_to_hf(layer['cross_attention'], pre + '1.EncDecAttention'))
         out[pre + '1.layer_norm.weight'] = layer['cross_attention_norm']['scale']
       for ours, theirs in names:
         out[f'{pre}{ff}.DenseReluDense.{theirs}.weight'] = layer['mlp'][ours]['kernel'].T
