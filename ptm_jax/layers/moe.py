@@ -7,7 +7,7 @@ Recipe (Switch Transformer, section 2 and appendix; the top-k form as GShard / S
   * each token goes to its top-k experts; with k = 1 (Switch) the expert output is scaled by the
     router probability, with k > 1 the k gates are renormalised to sum to 1 (GShard);
   * each expert takes at most C = ceil(k * L * capacity_factor / E) tokens of a group (here: one
-    row of the batch), in order of position (a token's k choices together: the decoder stays
+    row of the batch; or a fixed C, HF SwitchTransformers' `expert_capacity`), in order of position (a token's k choices together: the decoder stays
     causal, see `route`); a token over capacity is dropped from that expert (its output is 0
     there, and the block's residual carries the token through unchanged). Padding tokens are
     never routed and take no capacity;
@@ -43,7 +43,8 @@ from ptm_jax.layers import mlp as mlp_lib
 
 @dataclasses.dataclass(frozen=True)
 class Fields:
-  """The mixture-of-experts fields of the decoder Config (`moe_experts=0`: dense).
+  """The mixture-of-experts fields of the decoder and encdec Configs (`moe_experts=0`: dense);
+  in `encdec` both stacks route the same layers.
 
   Switch's recipe by default: every other feed-forward (`moe_every=2`: layers 1, 3, ...) routed
   top-1 with capacity factor 1.25 in training and 2.0 in evaluation, load-balancing weight 0.01,
