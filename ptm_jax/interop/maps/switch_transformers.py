@@ -107,66 +107,33 @@ def _config_to_hf(cfg) -> dict:
       decoder_start_token_id=cfg.decoder_start_id)
 
 
-def _routed(cfg, i: int) -> bool:
-  return (i + 1) % cfg.moe_every == 0
-
-
-def _feed_forward_from_hf(get: Getter, pre: str, cfg, routed: bool) -> dict:
-  if not routed:
-    return {'mlp': {ours: {'kernel': get(f'{pre}mlp.{ours}.weight').T} for ours in ('wi', 'wo')}}
-  experts = {ours: np.stack([get(f'{pre}mlp.experts.expert_{j}.{ours}.weight').T
+def _feed_forward_from_hf(get: Getter, prefix: str, cfg, index: int) -> dict:
+  if (index + 1) % cfg.moe_every:  # a dense layer
+    return {'mlp': {ours: {'kernel': get(f'{prefix}mlp.{ours}.weight').T}
+                    for ours in ('wi', 'wo')}}
+  experts = {ours: np.stack([get(f'{prefix}mlp.experts.expert_{j}.{ours}.weight').T
                              for j in range(cfg.moe_experts)]) for ours in ('wi', 'wo')}
-  return {'moe': dict(router=get(pre + 'mlp.router.classifier.weight').T, **experts)}
+  return {'moe': dict(router=get(prefix + 'mlp.router.classifier.weight').T, **experts)}
 
 
-def _feed_forward_to_hf(layer: dict, pre: str, cfg) -> dict:
+def _feed_forward_to_hf(layer: dict, prefix: str, cfg) -> dict:
   if 'mlp' in layer:
-    return {f'{pre}mlp.{ours}.weight': layer['mlp'][ours]['kernel'].T for ours in ('wi', 'wo')}
-  out = {pre + 'mlp.router.classifier.weight': layer['moe']['router'].T}
+    return {f'{prefix}mlp.{ours}.weight': layer['mlp'][ours]['kernel'].T for ours in ('wi', 'wo')}
+  out = {prefix + 'mlp.router.classifier.weight': layer['moe']['router'].T}
   for ours in ('wi', 'wo'):
     for j in range(cfg.moe_experts):
-      out[f'{pre}mlp.experts.expert_{j}.{ours}.weight'] = layer['moe'][ours][j].T
+      out[f'{prefix}mlp.experts.expert_{j}.{ours}.weight'] = layer['moe'][ours][j].T
   return out
 
 
 def _params_from_hf(get: Getter, cfg) -> dict:
-  n, h = cfg.num_heads, cfg.resolved_head_dim
-  p = {'token_embed': {'embedding': get('shared.weight')}}
-  for stack, num in (('encoder', cfg.num_encoder_layers), ('decoder', cfg.num_decoder_layers)):
-    p[f'{stack}_relpos'] = {'embedding': get(
-        f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight')}
-    p[f'{stack}_final_norm'] = {'scale': get(f'{stack}.final_layer_norm.weight')}
-    for i in range(num):
-      pre = f'{stack}.block.{i}.layer.'
-      ff = f'{pre}{2 if stack == "decoder" else 1}.'
-      layer = {'attention': t5.attention_from_hf(get, pre + '0.SelfAttention', n, h),
-               'attention_norm': {'scale': get(pre + '0.layer_norm.weight')},
-               'mlp_norm': {'scale': get(ff + 'layer_norm.weight')},
-               **_feed_forward_from_hf(get, ff, cfg, _routed(cfg, i))}
-      if stack == 'decoder':
-        layer['cross_attention'] = t5.attention_from_hf(get, pre + '1.EncDecAttention', n, h)
-        layer['cross_attention_norm'] = {'scale': get(pre + '1.layer_norm.weight')}
-      p[f'{stack}_layers_{i}'] = layer
-  return p
+  return {'token_embed': {'embedding': get('shared.weight')},
+          **t5.stacks_from_hf(get, cfg, _feed_forward_from_hf)}
 
 
 def _params_to_hf(p: dict, cfg) -> dict:
-  out = {'shared.weight': p['token_embed']['embedding']}
-  for stack, num in (('encoder', cfg.num_encoder_layers), ('decoder', cfg.num_decoder_layers)):
-    out[f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight'] = (
-        p[f'{stack}_relpos']['embedding'])
-    out[f'{stack}.final_layer_norm.weight'] = p[f'{stack}_final_norm']['scale']
-    for i in range(num):
-      pre, layer = f'{stack}.block.{i}.layer.', p[f'{stack}_layers_{i}']
-      ff = f'{pre}{2 if stack == "decoder" else 1}.'
-      out.update(t5.attention_to_hf(layer['attention'], pre + '0.SelfAttention'))
-      out[pre + '0.layer_norm.weight'] = layer['attention_norm']['scale']
-      if stack == 'decoder':
-        out.update(t5.attention_to_hf(layer['cross_attention'], pre + '1.EncDecAttention'))
-        out[pre + '1.layer_norm.weight'] = layer['cross_attention_norm']['scale']
-      out.update(_feed_forward_to_hf(layer, ff, cfg))
-      out[ff + 'layer_norm.weight'] = layer['mlp_norm']['scale']
-  return out
+  return {'shared.weight': p['token_embed']['embedding'],
+          **t5.stacks_to_hf(p, cfg, _feed_forward_to_hf)}
 
 
 MAPS = [ArchMap(

@@ -110,26 +110,22 @@ _GATED = (('wi_gate', 'wi_0'), ('wi_up', 'wi_1'), ('wo', 'wo'))
 _PLAIN = (('wi', 'wi'), ('wo', 'wo'))
 
 
-def _params_from_hf(get: Getter, cfg) -> dict:
+def stacks_from_hf(get: Getter, cfg, feed_forward) -> dict:
+  """Both stacks' relative biases, final norms and layers; `feed_forward(get, prefix, cfg, i)`
+  gives a layer's feed-forward params (T5's `mlp`; SwitchTransformers' `mlp` or `moe`)."""
   n, h = cfg.num_heads, cfg.resolved_head_dim
-  names = _GATED if cfg.mlp == 'swiglu' else _PLAIN
-  p = {'token_embed': {'embedding': get('shared.weight')}}
-  if not cfg.tie_embeddings:
-    p['lm_head'] = {'kernel': get('lm_head.weight').T}
+  p = {}
   for stack, num in (('encoder', cfg.num_encoder_layers), ('decoder', cfg.num_decoder_layers)):
     p[f'{stack}_relpos'] = {'embedding': get(
         f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight')}
     p[f'{stack}_final_norm'] = {'scale': get(f'{stack}.final_layer_norm.weight')}
     for i in range(num):
       pre = f'{stack}.block.{i}.layer.'
-      ff = 2 if stack == 'decoder' else 1
-      layer = {
-          'attention': attention_from_hf(get, pre + '0.SelfAttention', n, h),
-          'attention_norm': {'scale': get(pre + '0.layer_norm.weight')},
-          'mlp': {ours: {'kernel': get(f'{pre}{ff}.DenseReluDense.{theirs}.weight').T}
-                  for ours, theirs in names},
-          'mlp_norm': {'scale': get(f'{pre}{ff}.layer_norm.weight')},
-      }
+      ff = f'{pre}{2 if stack == "decoder" else 1}.'
+      layer = {'attention': attention_from_hf(get, pre + '0.SelfAttention', n, h),
+               'attention_norm': {'scale': get(pre + '0.layer_norm.weight')},
+               'mlp_norm': {'scale': get(ff + 'layer_norm.weight')},
+               **feed_forward(get, ff, cfg, i)}
       if stack == 'decoder':
         layer['cross_attention'] = attention_from_hf(get, pre + '1.EncDecAttention', n, h)
         layer['cross_attention_norm'] = {'scale': get(pre + '1.layer_norm.weight')}
@@ -137,27 +133,52 @@ def _params_from_hf(get: Getter, cfg) -> dict:
   return p
 
 
-def _params_to_hf(p: dict, cfg) -> dict:
-  names = _GATED if cfg.mlp == 'swiglu' else _PLAIN
-  out = {'shared.weight': p['token_embed']['embedding']}
-  if 'lm_head' in p:
-    out['lm_head.weight'] = p['lm_head']['kernel'].T
+def stacks_to_hf(p: dict, cfg, feed_forward_out) -> dict:
+  """The inverse of `stacks_from_hf`; `feed_forward_out(layer, prefix, cfg)` names the
+  feed-forward tensors."""
+  out = {}
   for stack, num in (('encoder', cfg.num_encoder_layers), ('decoder', cfg.num_decoder_layers)):
     out[f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight'] = (
         p[f'{stack}_relpos']['embedding'])
     out[f'{stack}.final_layer_norm.weight'] = p[f'{stack}_final_norm']['scale']
     for i in range(num):
       pre, layer = f'{stack}.block.{i}.layer.', p[f'{stack}_layers_{i}']
-      ff = 2 if stack == 'decoder' else 1
+      ff = f'{pre}{2 if stack == "decoder" else 1}.'
       out.update(attention_to_hf(layer['attention'], pre + '0.SelfAttention'))
       out[pre + '0.layer_norm.weight'] = layer['attention_norm']['scale']
       if stack == 'decoder':
         out.update(attention_to_hf(layer['cross_attention'], pre + '1.EncDecAttention'))
         out[pre + '1.layer_norm.weight'] = layer['cross_attention_norm']['scale']
-      for ours, theirs in names:
-        out[f'{pre}{ff}.DenseReluDense.{theirs}.weight'] = layer['mlp'][ours]['kernel'].T
-      out[f'{pre}{ff}.layer_norm.weight'] = layer['mlp_norm']['scale']
+      out.update(feed_forward_out(layer, ff, cfg))
+      out[ff + 'layer_norm.weight'] = layer['mlp_norm']['scale']
   return out
+
+
+def _dense_mlp_from_hf(get: Getter, prefix: str, cfg, index: int) -> dict:
+  del index  # every T5 layer is dense
+  names = _GATED if cfg.mlp == 'swiglu' else _PLAIN
+  return {'mlp': {ours: {'kernel': get(f'{prefix}DenseReluDense.{theirs}.weight').T}
+                  for ours, theirs in names}}
+
+
+def _dense_mlp_to_hf(layer: dict, prefix: str, cfg) -> dict:
+  names = _GATED if cfg.mlp == 'swiglu' else _PLAIN
+  return {f'{prefix}DenseReluDense.{theirs}.weight': layer['mlp'][ours]['kernel'].T
+          for ours, theirs in names}
+
+
+def _params_from_hf(get: Getter, cfg) -> dict:
+  p = {'token_embed': {'embedding': get('shared.weight')}}
+  if not cfg.tie_embeddings:
+    p['lm_head'] = {'kernel': get('lm_head.weight').T}
+  return dict(p, **stacks_from_hf(get, cfg, _dense_mlp_from_hf))
+
+
+def _params_to_hf(p: dict, cfg) -> dict:
+  out = {'shared.weight': p['token_embed']['embedding']}
+  if 'lm_head' in p:
+    out['lm_head.weight'] = p['lm_head']['kernel'].T
+  return dict(out, **stacks_to_hf(p, cfg, _dense_mlp_to_hf))
 
 
 MAPS = [ArchMap(
