@@ -10,11 +10,13 @@ from ptm_jax.data.vocab import SpecialIds
 
 VOCAB = 97
 SPECIALS = SpecialIds(vocab_size=VOCAB)
+# T5 sentinels for span corruption (2 are needed for rows of 32 tokens), never in the batch.
+T5_SPECIALS = SpecialIds(vocab_size=VOCAB, extra=(5, 6, 7, 8))
 
 
-def _batch(rows=8, length=32, seed=0):
+def _batch(rows=8, length=32, seed=0, first_id=5):
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(5, VOCAB, size=(rows, length)).astype(np.int32)
+  tokens = rng.integers(first_id, VOCAB, size=(rows, length)).astype(np.int32)
   segs = np.ones((rows, length), np.int32)
   segs[:, length // 2:] = 2           # two packed documents per row
   segs[::3, -5:] = 0                  # and some padding
@@ -24,23 +26,25 @@ def _batch(rows=8, length=32, seed=0):
 
 
 def _one_step(family, objective_name, devices, preset, grad_accum=1, options=None,
-              model_overrides=None):
+              model_overrides=None, specials=SPECIALS):
   cfg = base.base_config(family, "runlocal", objective_name)
   # A small LR: Adam divides by sqrt(v), so fp32 reduction-order noise in near-zero grads
   # (different on 8 shards) is amplified in proportion to the LR.
   cfg.optim.update(learning_rate=1e-4, warmup_steps=0)
   fields = {k: v for k, v in cfg.model.items() if k not in ("family", "variant")}
-  fields.update(vocab_size=VOCAB, dropout_rate=0.0, num_layers=2, embed_dim=64, mlp_dim=128,
-                num_heads=4)
+  depth = (dict(num_encoder_layers=2, num_decoder_layers=2) if family == "encdec"
+           else dict(num_layers=2))
+  fields.update(vocab_size=VOCAB, dropout_rate=0.0, embed_dim=64, mlp_dim=128, num_heads=4,
+                **depth)
   fields.update(model_overrides or {})
   model = models.build(family, "runlocal", **fields)
   objective = objectives.get(objective_name)
   options = objectives.build_options(objective, options or {})
   tx, schedule = optim.make_optimizer(cfg.optim, total_steps=10)
   mesh = sharding.make_mesh(preset, devices=devices)
-  batch = _batch()
+  batch = _batch(first_id=max(specials.reserved) + 1)
   state, state_sharding = train.create_state(model, tx, mesh, (1, 32), seed=0)
-  loss_fn, corrupt_fn = steps.bind_objective(objective, model=model, specials=SPECIALS,
+  loss_fn, corrupt_fn = steps.bind_objective(objective, model=model, specials=specials,
                                              options=options)
   step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule, grad_accum),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
@@ -129,6 +133,30 @@ def test_moe_presets_match_single_device():
     assert wi.spec == jax.sharding.PartitionSpec("expert", "fsdp", "tensor"), wi.spec
     sizes = (8, 1, 1) if preset == "expert" else (1, 4, 2)
     assert tuple(wi.mesh.shape[a] for a in ("expert", "fsdp", "tensor")) == sizes
+
+
+def test_encdec_presets_match_single_device():
+  # T5 span corruption (an encoder, a decoder with cross-attention, the shared relative bias) and
+  # its Switch form (experts in the second layer of both stacks, tokens dropped at capacity 0.5)
+  # under every preset that applies: the same losses and params as one device.
+  switch = dict(moe_experts=8, moe_every=2, moe_top_k=1, moe_capacity_factor=0.5,
+                moe_eval_capacity_factor=0.5)
+  for overrides, presets in [(None, ("dp", "fsdp", "fsdp_tp")), (switch, ("expert", "fsdp_tp"))]:
+    run = lambda devices, preset: _one_step("encdec", "span_corruption", devices, preset,
+                                            model_overrides=overrides, specials=T5_SPECIALS)
+    ref = run(jax.devices()[:1], "dp")
+    assert np.isfinite(ref[:2]).all() and ref[1] < ref[0]
+    for preset in presets:
+      loss, loss2, params, state_sharding = run(jax.devices(), preset)
+      np.testing.assert_allclose((loss, loss2), ref[:2], rtol=1e-5)
+      jax.tree.map(lambda a, b: _assert_close_relative(a, b, 1e-4), params, ref[2])
+      shardings = {jax.tree_util.keystr(path): s for path, s
+                   in jax.tree_util.tree_leaves_with_path(state_sharding.params)}
+      if preset != "dp":  # the preset really splits the weights
+        assert any(s.spec != jax.sharding.PartitionSpec() for s in shardings.values()), preset
+      if preset == "expert":  # one expert per device in both stacks' routed layers
+        wi = [s for path, s in shardings.items() if path.endswith("['moe']['wi']")]
+        assert len(wi) == 2 and all(s.spec[0] == "expert" for s in wi), shardings
 
 
 def test_mesh_presets_shapes():
