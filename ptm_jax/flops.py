@@ -46,7 +46,15 @@ not, skips no work), + 2 * 2 D F for the FFN (2 * 3 D F gated);
     E[span length]): the blanked tokens and one [START] per span): blocks = slots x L blocks over
     all slots; lm_head at the slots the objective projects (the static slab with sparse_logits, or
     scored='expected' the targets: UniLM 0.15 T, GLM its Part B), each 2 D D + 2 D V for the
-    encoder's MLM head (dense + tied decoder), 2 D V for the decoder's.
+    encoder's MLM head (dense + tied decoder), 2 D V for the decoder's;
+  * causal LM (`clm`, GPT): the decoder over T slots, logits at all T.
+Mixture-of-experts layers (`moe_experts` > 0, every `moe_every`-th layer of each stack; decoder
+and encoder-decoder) replace that layer's FFN term, per token of a group of G tokens (one row of
+the stack: the encoder's Le, the decoder's Ld or T): the router 2 D E, then with scored='expected'
+the k experts the token uses, k * 2 * 2 D F (the method's cost, as the Switch paper counts: top-1
+keeps the dense model's FLOPs), or with 'slab' what this code runs: every expert over its C
+capacity slots (C = `layers.moe.expert_capacity` at the training factor), E C / G * 2 * 2 D F
+per token, and the one-hot dispatch and combine einsums, 2 * 2 E C D.
 """
 from __future__ import annotations
 
@@ -56,12 +64,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from ptm_jax import models, objectives
+from ptm_jax.layers import moe
 from ptm_jax.objectives import electra, glm, mlm, span_corruption, spanbert, wwm
 
 _TOKEN_MASKING = ('mlm', 'mlm_nsp', 'mlm_sop')
 _PAIR_OBJECTIVES = ('mlm_nsp', 'mlm_sop')
 SEQ2SEQ = ('span_corruption', 'bart', 'mass', 'prefix_lm', 'unilm', 'glm')
-SUPPORTED = (*_TOKEN_MASKING, 'wwm', 'ernie', 'spanbert', 'electra', *SEQ2SEQ)
+_STACK_ONLY = ('clm',)  # sequence objectives with no seq2seq form: one decoder over the row
+SUPPORTED = (*_TOKEN_MASKING, 'wwm', 'ernie', 'spanbert', 'electra', *SEQ2SEQ, *_STACK_ONLY)
 
 
 def model_config(model_fields: Mapping[str, Any], vocab_size: int | None = None):
@@ -112,7 +122,7 @@ def breakdown(config, *, vocab_size: int | None = None, scored: str = 'slab') ->
   name = config.objective.name
   if name not in SUPPORTED:
     raise ValueError(f'no FLOP model for objective {name!r}; supported: {", ".join(SUPPORTED)}')
-  if name in SEQ2SEQ:
+  if name in SEQ2SEQ or name in _STACK_ONLY:
     return seq2seq_breakdown(config, vocab_size=vocab_size, scored=scored)
   module = objectives.get(name)
   options = objectives.build_options(module, config.objective)
@@ -168,6 +178,29 @@ def block_forward(d: int, heads_q: int, heads_kv: int, mlp_dim: int, gated: bool
           + 2 * (3 if gated else 2) * d * mlp_dim)
 
 
+def routed_ffn_forward(cfg, group: float, scored: str = 'slab') -> float:
+  """Forward FLOPs per token of one mixture-of-experts FFN over groups of `group` tokens (module
+  doc): the router, then the k used experts ('expected') or every expert's capacity slots and
+  the dispatch/combine einsums ('slab')."""
+  d, e, k = cfg.embed_dim, cfg.moe_experts, cfg.moe_top_k
+  expert = 2 * (3 if cfg.mlp == 'swiglu' else 2) * d * cfg.mlp_dim
+  if scored == 'expected':
+    return 2 * d * e + k * expert
+  group = int(round(group))
+  capacity = moe.expert_capacity(group, e, k, cfg.moe_capacity_factor, cfg.moe_capacity)
+  return 2 * d * e + e * capacity / group * expert + 2 * (2 * e * capacity * d)
+
+
+def stack_forward(cfg, layers: int, slots: float, block: float, scored: str = 'slab') -> float:
+  """Forward FLOPs of `layers` blocks over a row's `slots` query tokens, each costing `block`
+  per token with a dense FFN; the routed layers of an MoE config swap that FFN for experts."""
+  routed = (sum(moe.is_moe_layer(cfg, i) for i in range(layers))
+            if getattr(cfg, 'moe_experts', 0) else 0)
+  dense_ffn = 2 * (3 if getattr(cfg, 'mlp', 'mlp') == 'swiglu' else 2) * cfg.embed_dim * cfg.mlp_dim
+  swap = routed_ffn_forward(cfg, slots, scored) - dense_ffn if routed else 0.0
+  return slots * (layers * block + routed * swap)
+
+
 def seq2seq_lengths(name: str, options: Any, seq_len: int, scored: str = 'slab') -> dict[str, float]:
   """Slots per row of T raw tokens: encoder / decoder (encdec) or stack, and projected logits."""
   if scored not in SCORED:
@@ -181,7 +214,7 @@ def seq2seq_lengths(name: str, options: Any, seq_len: int, scored: str = 'slab')
   if name == 'mass':
     dec = max(1, round(options.fragment_rate * t)) if scored == 'expected' else t
     return dict(encoder=t, decoder=dec, logits=dec)
-  if name == 'prefix_lm':
+  if name in ('prefix_lm', 'clm'):
     return dict(stack=t, logits=t)
   if name == 'unilm':
     if not options.sparse_logits:
@@ -201,12 +234,13 @@ def seq2seq_lengths(name: str, options: Any, seq_len: int, scored: str = 'slab')
     cluster = float((k_ * k_ * probs).sum() / (k_ * probs).sum())
     return dict(stack=t + 2 * m,
                 logits=min(t + 2 * m, wwm.max_unit_predictions(t, options.mask_rate, cluster) + m))
-  raise ValueError(f'no seq2seq FLOP model for objective {name!r}; supported: {", ".join(SEQ2SEQ)}')
+  raise ValueError(f'no seq2seq FLOP model for objective {name!r}; supported: '
+                   f'{", ".join(SEQ2SEQ + _STACK_ONLY)}')
 
 
 def seq2seq_breakdown(config, *, vocab_size: int | None = None,
                       scored: str = 'slab') -> dict[str, float]:
-  """Training FLOPs per raw row token of a seq2seq objective's run config, by part (module doc)."""
+  """Training FLOPs per raw row token of a seq2seq (or CLM) run config, by part (module doc)."""
   name, family = config.objective.name, config.model.family
   options = objectives.build_options(objectives.get(name), config.objective)
   t = int(config.data.seq_len)
@@ -222,10 +256,12 @@ def seq2seq_breakdown(config, *, vocab_size: int | None = None,
       raise ValueError(f'{name} is a single-stack objective; model.family=encdec needs '
                        'span_corruption, bart or mass')
     le, ld = lengths['encoder'], lengths['decoder']
-    parts['encoder'] = le * cfg.num_encoder_layers * block_forward(d, hq, hq, cfg.mlp_dim, gated, le)
+    parts['encoder'] = stack_forward(cfg, cfg.num_encoder_layers, le,
+                                     block_forward(d, hq, hq, cfg.mlp_dim, gated, le), scored)
     cross = 2 * 2 * d * hq + 2 * 2 * le * hq
-    parts['decoder'] = (ld * cfg.num_decoder_layers
-                        * (block_forward(d, hq, hq, cfg.mlp_dim, gated, ld) + cross)
+    parts['decoder'] = (stack_forward(cfg, cfg.num_decoder_layers, ld,
+                                      block_forward(d, hq, hq, cfg.mlp_dim, gated, ld) + cross,
+                                      scored)
                         + cfg.num_decoder_layers * le * 2 * 2 * d * hq)
     parts['lm_head'] = lengths['logits'] * 2 * d * v
   elif family in ('decoder', 'encoder'):
@@ -233,7 +269,8 @@ def seq2seq_breakdown(config, *, vocab_size: int | None = None,
       raise ValueError(f'{name} needs model.family=encdec, got {family!r}')
     slots = lengths['stack']
     hkv = (getattr(cfg, 'num_kv_heads', None) or cfg.num_heads) * head_dim
-    parts['blocks'] = slots * cfg.num_layers * block_forward(d, hq, hkv, cfg.mlp_dim, gated, slots)
+    parts['blocks'] = stack_forward(cfg, cfg.num_layers, slots,
+                                    block_forward(d, hq, hkv, cfg.mlp_dim, gated, slots), scored)
     head = 2 * d * v + (2 * d * d if family == 'encoder' else 0)  # the encoder's MLM dense
     parts['lm_head'] = lengths['logits'] * head
   else:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ptm_jax import configs, models
+from ptm_jax import configs, flops, models
 from ptm_jax.interop import hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +54,36 @@ def test_switch_base_8_is_t5_base_with_experts():
   _, n_sparse = _params(sparse, 32128)
   assert n_dense == 222_903_552 and n_sparse == n_dense + 12 * (7 * 2 * 768 * 3072 + 768 * 8)
   assert n_sparse == 619_339_008
+
+
+def test_flops_per_token_count_the_router_capacity_and_dispatch():
+  # runlocal GPT: D = 128, F = 512, 2 heads of 64, T = 128, V = 8000, 2 layers, layer 2 routed
+  # over E = 8 experts, top-1, capacity factor 1.25 -> C = ceil(128 * 1.25 / 8) = 20 slots each.
+  sparse = configs.load_experiment(SWITCH + ':runlocal', {})
+  dense = configs.load_experiment(SWITCH + ':dense_runlocal', {})
+  ffn = 2 * 2 * 128 * 512
+  block = 2 * 128 * 4 * 128 + 2 * 2 * 128 * 128 + ffn
+  dense_total = 3 * (2 * block + 2 * 128 * 8000)
+  assert flops.per_token(dense, vocab_size=8000) == pytest.approx(dense_total)
+  # The method's cost: the token's one expert + the router (Switch: the dense model's FLOPs).
+  expected = flops.per_token(sparse, vocab_size=8000, scored='expected')
+  assert expected == pytest.approx(dense_total + 3 * 2 * 128 * 8)
+  # What runs: 8 x 20 = 160 expert slots per 128 tokens + the one-hot dispatch and combine
+  # einsums, each 2 E C D per token (a row's L x E x C x D multiply-adds).
+  ran = flops.per_token(sparse, vocab_size=8000)
+  assert ran == pytest.approx(dense_total + 3 * (2 * 128 * 8 + (160 / 128 - 1) * ffn
+                                                 + 2 * (2 * 160 * 128)))
+  # The T5 form routes the second layer of each stack over its own slots (encoder 128, decoder
+  # 29 at T = 141): both stacks' routed FFNs are counted, the cross-attention unchanged.
+  t5 = configs.load_experiment(SWITCH + ':t5_runlocal', {})
+  t5_dense = configs.load_experiment(SWITCH + ':dense_t5_runlocal', {})
+  parts = flops.breakdown(t5, vocab_size=8000)
+  parts_dense = flops.breakdown(t5_dense, vocab_size=8000)
+  for stack, slots in (('encoder', 128), ('decoder', 29)):
+    c = -(-slots * 5 // 32)  # ceil(slots * 1.25 / 8)
+    extra = slots * (2 * 128 * 8 + (8 * c / slots - 1) * ffn + 2 * (2 * 8 * c * 128))
+    assert parts[stack] - parts_dense[stack] == pytest.approx(3 * extra / 141)
+  assert parts['lm_head'] == parts_dense['lm_head']
 
 
 def test_hf_export_refuses_a_mixture_of_experts(tmp_path):
