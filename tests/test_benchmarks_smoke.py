@@ -1,5 +1,6 @@
 """benchmarks/throughput.py: the FLOP model, the batch search, the attention check, and a tiny
-CPU run of both sides (ours and the HF PyTorch reference) end to end."""
+CPU run of both sides (ours and the HF PyTorch reference) end to end; benchmarks/moe_dispatch.py:
+both MoE paths run and agree."""
 import json
 import math
 import os
@@ -159,3 +160,19 @@ def test_profile_step_runs_on_cpu(tmp_path):
   assert out["workload"] == "gpt2_small attn=default,mask=lengths,loss_chunk=32,vocab_pad=128"
   assert out["traces"] and out["traced_wall_ms_per_step"] > 0
   assert json.loads((tmp_path / "summary.json").read_text())["workload"] == out["workload"]
+
+
+def test_moe_dispatch_benchmark_runs_both_paths_and_they_agree(tmp_path):
+  import moe_dispatch
+  out = tmp_path / "moe.json"
+  results = moe_dispatch.main(["--lengths", "16,32", "--repeats", "1", "--width", "16",
+                               "--mlp_dim", "32", "--experts", "4", "--json", str(out)])
+  assert [(r["length"], r["path"]) for r in results] == [
+      (length, path) for length in (16, 32) for path in moe_dispatch.PATHS]
+  for r in results:
+    assert r["step_ms"] > 0 and r["temp_mib"] is not None
+    if r["path"] == "dropless":
+      assert r["max_abs_diff_vs_capacity"] < 1e-5 and r["dropped_fraction"] == 0.0
+  assert json.loads(out.read_text())["results"][0]["path"] == "capacity"
+  with pytest.raises(SystemExit, match="unknown paths"):
+    moe_dispatch.main(["--paths", "sorted"])

@@ -40,6 +40,10 @@ def _model(kind: str, vocab: int = V):
     return models.build('decoder', 'runlocal', vocab_size=vocab, num_layers=2,
                         max_position_embeddings=64, dropout_rate=0.0, moe_experts=4, moe_every=1,
                         moe_top_k=2, moe_eval_capacity_factor=2.0, **SMALL)
+  if kind == 'mixtral':  # Llama with 4 top-2 dropless experts in every layer (ragged_dot)
+    return models.build('decoder', 'llama_runlocal', vocab_size=vocab, num_layers=2,
+                        num_kv_heads=2, moe_experts=4, moe_every=1, moe_top_k=2,
+                        moe_dropless=True, **SMALL)
   # switch_t5: T5 with 4 top-1 experts in the second layer of each stack; no drops at eval (E / k)
   extra = dict(moe_eval_capacity_factor=4.0) if kind == 'switch_t5' else {}
   variant = 'switch_runlocal' if kind == 'switch_t5' else f'{kind}_runlocal'
@@ -83,7 +87,7 @@ def _left_positions(segment_ids):
   return np.maximum(np.arange(segment_ids.shape[1])[None, :] - pad, 0).astype(np.int32)
 
 
-@pytest.mark.parametrize('kind', ['gpt2', 'llama', 'switch'])
+@pytest.mark.parametrize('kind', ['gpt2', 'llama', 'switch', 'mixtral'])
 def test_cached_decoder_equals_full_forward(kind):
   model, params = _model(kind), _params(kind)
   rng = np.random.default_rng(0)

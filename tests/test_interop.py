@@ -247,7 +247,9 @@ def test_mixtral_one_line_errors(tmp_path):
     assert '\n' not in str(e.value)
 
   pre = interop.load_pretrained(str(tmp_path / 'good'))
-  for change, message in (({'moe_eval_capacity_factor': 1.25}, 'drops tokens at inference'),
+  assert pre.config.moe_dropless  # the import routes every token (sorted tokens + ragged_dot)
+  for change, message in (({'moe_eval_capacity_factor': 1.25, 'moe_dropless': False},
+                           'drops tokens at inference'),
                           ({'moe_top_k': 1}, 'moe_top_k=1'), ({'use_bias': True}, 'no biases'),
                           ({'moe_every': 2}, 'moe_every=2'),
                           ({'positions': 'learned', 'norm': 'layernorm', 'mlp': 'mlp'},

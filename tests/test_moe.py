@@ -203,6 +203,56 @@ def test_one_expert_equals_mlp():
   assert float(aux['dropped_fraction']) == 0.0
 
 
+@pytest.mark.parametrize('top_k,kind', [(1, 'mlp'), (2, 'mlp'), (2, 'swiglu')])
+def test_dropless_equals_hand_experts_and_the_whole_row_capacity(top_k, kind):
+  # Sorted tokens + ragged_dot: every valid token gets its k experts (hand-computed), padding
+  # outputs 0, and output and gradients equal the one-hot path with capacity = the whole row.
+  num_experts = 4
+  kw = dict(top_k=top_k, mlp=kind, use_bias=kind == 'mlp')
+  layer = moe.MoeMlp(num_experts, 16, dropless=True, **kw)
+  full = moe.MoeMlp(num_experts, 16, capacity_factor=num_experts, eval_capacity_factor=num_experts,
+                    **kw)
+  x = jax.random.normal(jax.random.key(0), (3, 7, 8))
+  valid = jnp.asarray(np.arange(7)[None] < np.array([[7], [4], [0]]))  # an empty row too
+  p = _moe_params(layer, x, valid)
+  y, aux = jax.jit(layer.apply)(p, x, valid)
+  hand = np.asarray(_hand_moe(p['params'], x, top_k, kind == 'swiglu'))
+  np.testing.assert_allclose(np.asarray(y)[np.asarray(valid)], hand[np.asarray(valid)],
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(y)[~np.asarray(valid)] == 0.0)
+  y_full, aux_full = jax.jit(full.apply)(p, x, valid)
+  np.testing.assert_allclose(y, y_full, rtol=1e-5, atol=1e-5)
+  assert float(aux['dropped_fraction']) == 0.0
+  for key in ('balance_loss', 'z_loss'):
+    np.testing.assert_allclose(aux[key], aux_full[key], rtol=1e-6)
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  loss = lambda m: lambda p, x: jnp.sum(m.apply(p, x, valid)[0] * w)  # noqa: E731
+  grads = jax.jit(jax.grad(loss(layer), argnums=(0, 1)))(p, x)
+  grads_full = jax.jit(jax.grad(loss(full), argnums=(0, 1)))(p, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads,
+               grads_full)
+  assert np.all(np.asarray(grads[1])[~np.asarray(valid)] == 0.0)  # padding: no gradient
+
+
+def test_dropless_decoder_routes_every_token_and_stays_causal():
+  # Where the capacity path drops tokens (TIGHT: 2 slots of 16), the dropless one drops none,
+  # and the same parameters give the whole-row-capacity logits.
+  model = _decoder(**dict(TIGHT, moe_top_k=2, moe_dropless=True))
+  whole = _decoder(**dict(TIGHT, moe_top_k=2, moe_capacity_factor=2.0,
+                          moe_eval_capacity_factor=2.0))
+  batch = _batch()
+  params = _params(model, batch)
+  out = _logits(model, params, batch)
+  assert float(out['moe']['moe_dropped_fraction']) == 0.0
+  assert float(_logits(_decoder(**dict(TIGHT, moe_top_k=2)), params, batch)['moe'][
+      'moe_dropped_fraction']) > 0.1
+  np.testing.assert_allclose(out['logits'], _logits(whole, params, batch)['logits'], rtol=1e-5,
+                             atol=1e-5)
+  tokens = batch['tokens'].at[:, 9:].set((batch['tokens'][:, 9:] + 7) % VOCAB)
+  other = _logits(model, params, dict(batch, tokens=tokens))['logits']
+  np.testing.assert_array_equal(np.asarray(other)[:, :9], np.asarray(out['logits'])[:, :9])
+
+
 def _dropped(x, router):
   """Top-1 routing with one slot per expert: a token is dropped unless first on its expert."""
   choice = np.asarray(jnp.argmax(jnp.einsum('bld,de->ble', x, router), -1))
@@ -227,7 +277,8 @@ def test_dropped_tokens_output_zero_get_no_gradient_and_keep_their_residual():
   assert np.abs(np.asarray(grad(p, jnp.asarray(~dropped, jnp.float32))['params']['wi'])).max() > 0
   # In a pre-LN MoeBlock a dropped token leaves the feed-forward as its post-attention residual.
   block = blocks.MoeBlock(num_heads=2, head_dim=4, mlp_dim=16, pre_norm=True, dropout_rate=0.0,
-                          moe_experts=2, moe_capacity_factor=0.25, moe_eval_capacity_factor=0.25)
+                          moe_fields=moe.Fields(moe_experts=2, moe_capacity_factor=0.25,
+                                                moe_eval_capacity_factor=0.25))
   bp = _moe_params(block, x, None)
   (out, _), state = jax.jit(functools.partial(
       block.apply, capture_intermediates=True, mutable=['intermediates']))(bp, x, None)

@@ -117,11 +117,13 @@ def test_grad_accumulation_matches_full_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p2)
 
 
-def test_moe_presets_match_single_device():
+@pytest.mark.parametrize("dropless", [False, True])
+def test_moe_presets_match_single_device(dropless):
   # A Switch decoder (8 experts, top-2 with a tight capacity, so tokens are dropped) under the
-  # `expert` preset (one expert per device: the dispatch becomes an all-to-all) and `fsdp_tp`.
+  # `expert` preset (one expert per device: the dispatch becomes an all-to-all) and `fsdp_tp`;
+  # and the dropless form (sorted tokens, ragged_dot: the partitioner sums the experts' outputs).
   moe = dict(moe_experts=8, moe_every=1, moe_top_k=2, moe_capacity_factor=0.5,
-             moe_z_weight=1e-3)
+             moe_z_weight=1e-3, moe_dropless=dropless)
   ref = _one_step("decoder", "clm", jax.devices()[:1], "dp", model_overrides=moe)
   for preset in ("expert", "fsdp_tp"):
     loss, loss2, params, state_sharding = _one_step("decoder", "clm", jax.devices(), preset,

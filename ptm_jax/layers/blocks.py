@@ -38,12 +38,7 @@ class _Sublayers(nn.Module):
   attention_impl: str | None = None
   # Mixture of experts (`MoeBlock` only; layers.moe): the feed-forward becomes `moe_experts`
   # routed copies of it, each token going to its top `moe_top_k`.
-  moe_experts: int = 0
-  moe_top_k: int = 1
-  moe_capacity_factor: float = 1.25
-  moe_eval_capacity_factor: float = 2.0
-  moe_capacity: int = 0
-  moe_jitter: float = 0.0
+  moe_fields: moe.Fields = moe.Fields()
 
   def _dt(self) -> dict:
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -90,11 +85,8 @@ class _Sublayers(nn.Module):
   def _routed_feed_forward(self, x_BLD, valid_BL, deterministic: bool):
     """The mixture-of-experts feed-forward sublayer: (x, router aux dict) (`layers.moe`)."""
     experts = moe.MoeMlp(
-        self.moe_experts, self.mlp_dim, top_k=self.moe_top_k,
-        capacity_factor=self.moe_capacity_factor,
-        eval_capacity_factor=self.moe_eval_capacity_factor, capacity=self.moe_capacity,
-        jitter=self.moe_jitter, mlp=self.mlp, activation=self.activation, use_bias=self.use_bias,
-        init_stddev=self.init_stddev,
+        mlp_dim=self.mlp_dim, **moe.mlp_kwargs(self.moe_fields), mlp=self.mlp,
+        activation=self.activation, use_bias=self.use_bias, init_stddev=self.init_stddev,
         out_init_stddev=self.mlp_out_init_stddev or self.out_init_stddev,
         dropout_rate=self.mlp_dropout_rate, dropout_impl=self.dropout_impl, name='moe',
         **self._dt())

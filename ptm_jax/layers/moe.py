@@ -25,7 +25,18 @@ decoding equals the full forward pass where the latter drops nothing, which
 Dispatch and combine are one-hot einsums (Mesh TensorFlow / T5X style): static shapes, no sort. The
 expert-side activations `[E, B, C, D]` carry the logical names ('expert', 'batch', ...) so that with
 the `expert` mesh preset each device runs its own experts on every group's tokens (the SPMD
-partitioner turns the dispatch einsum into an all-to-all).
+partitioner turns the dispatch einsum into an all-to-all). Their cost grows with the row: the
+`[B, L, E, C]` dispatch tensor holds k * factor * L^2 entries per row.
+
+`dropless=True` (Mixtral, MegaBlocks: Gale et al. 2023) has no capacity: the B * L * k token
+copies are sorted by expert and each expert applies its weights to its own contiguous run with
+`jax.lax.ragged_dot` (group sizes = the experts' token counts, padding sorted past them), then
+the copies go back to token order and are summed with their gates. Every token reaches its k
+experts, memory is O(L k D) instead of O(L^2), and cached decoding equals the full pass. How fast
+it is depends on the backend's ragged_dot (XLA CPU computes each group over all rows, E times
+the work). Under the `expert` preset the experts' weights stay sharded: XLA's partitioner has each
+device apply its own experts to the token copies and sums the `[B L k, D or F]` activations over
+the devices (all-reduces, where the capacity path sends tokens with all-to-alls; CPU HLO read).
 """
 from __future__ import annotations
 
@@ -62,6 +73,8 @@ class Fields:
   moe_jitter: float = 0.0
   moe_balance_weight: float = 0.01
   moe_z_weight: float = 0.0
+  # No capacity: every token reaches its top-k experts (sorted + ragged_dot; Mixtral's semantics).
+  moe_dropless: bool = False
 
 
 def _depths(cfg) -> list[int]:
@@ -94,11 +107,17 @@ def is_moe_layer(cfg: Fields, index: int) -> bool:
 
 
 def block_kwargs(cfg: Fields) -> dict[str, Any]:
-  """The `layers.blocks.MoeBlock` fields of a Config."""
-  return dict(moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k,
-              moe_capacity_factor=cfg.moe_capacity_factor,
-              moe_eval_capacity_factor=cfg.moe_eval_capacity_factor, moe_capacity=cfg.moe_capacity,
-              moe_jitter=cfg.moe_jitter)
+  """The `layers.blocks.MoeBlock` argument of a family Config: its MoE fields, as one `Fields`."""
+  return dict(moe_fields=Fields(**{f.name: getattr(cfg, f.name)
+                                  for f in dataclasses.fields(Fields)}))
+
+
+def mlp_kwargs(fields: Fields) -> dict[str, Any]:
+  """`MoeMlp`'s routing arguments from a `Fields`."""
+  return dict(num_experts=fields.moe_experts, top_k=fields.moe_top_k,
+              capacity_factor=fields.moe_capacity_factor,
+              eval_capacity_factor=fields.moe_eval_capacity_factor,
+              capacity=fields.moe_capacity, jitter=fields.moe_jitter, dropless=fields.moe_dropless)
 
 
 def model_outputs(cfg: Fields, layer_aux: Sequence[dict[str, jnp.ndarray]]) -> dict[str, Any]:
@@ -124,6 +143,15 @@ def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int,
                  max(1, math.ceil(top_k * tokens_per_group * capacity_factor / num_experts))))
 
 
+def top_k_gates(router_probs_BLE: jnp.ndarray, top_k: int):
+  """Each token's k experts `[B, L, k]` and gates: the router probability (k = 1, Switch) or the
+  k probabilities renormalised to sum to 1 (k > 1, GShard / Mixtral)."""
+  gates_BLK, experts_BLK = jax.lax.top_k(router_probs_BLE, top_k)
+  if top_k > 1:
+    gates_BLK = gates_BLK / jnp.sum(gates_BLK, axis=-1, keepdims=True)
+  return gates_BLK, experts_BLK
+
+
 def route(router_probs_BLE: jnp.ndarray, valid_BL: jnp.ndarray, top_k: int, capacity: int):
   """Token -> expert slot assignment: (dispatch `[B, L, E, C]` bool, combine `[B, L, E, C]`
   float32 gates, first-choice one-hot `[B, L, E]`, kept assignments `[B]`).
@@ -134,9 +162,7 @@ def route(router_probs_BLE: jnp.ndarray, valid_BL: jnp.ndarray, top_k: int, capa
   choice take the slot of an earlier token's second one.)
   """
   num_experts = router_probs_BLE.shape[-1]
-  gates_BLK, experts_BLK = jax.lax.top_k(router_probs_BLE, top_k)
-  if top_k > 1:
-    gates_BLK = gates_BLK / jnp.sum(gates_BLK, axis=-1, keepdims=True)
+  gates_BLK, experts_BLK = top_k_gates(router_probs_BLE, top_k)
   valid_BLK1 = valid_BL[..., None, None].astype(jnp.int32)
   chosen_BLKE = jax.nn.one_hot(experts_BLK, num_experts, dtype=jnp.int32) * valid_BLK1
   chosen_BLE = jnp.sum(chosen_BLKE, axis=2)  # 0/1: the k choices are distinct experts
@@ -177,6 +203,7 @@ class MoeMlp(nn.Module):
   eval_capacity_factor: float = 2.0  # Switch's evaluation default
   capacity: int = 0  # > 0: this many slots per expert and row, whatever the factors
   jitter: float = 0.0  # Switch: 1e-2 (multiplicative noise on the router's input, training only)
+  dropless: bool = False  # no capacity: sorted tokens + ragged_dot (module doc)
   mlp: str = 'mlp'  # or 'swiglu'
   activation: str = 'gelu'
   use_bias: bool = True
@@ -191,10 +218,76 @@ class MoeMlp(nn.Module):
     init = nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
     return self.param(name, init, shape, self.param_dtype).astype(self.dtype)
 
-  def _bias_E11X(self, name: str, shape, axes):
-    """An `[E, X]` bias, shaped `[E, 1, 1, X]` to add to `[E, B, C, X]` activations."""
-    init = nn.with_logical_partitioning(nn.initializers.zeros, axes)
-    return self.param(name, init, shape, self.param_dtype).astype(self.dtype)[:, None, None]
+  def _bias_EX(self, name: str, size: int, axis: str):
+    init = nn.with_logical_partitioning(nn.initializers.zeros, ('expert', axis))
+    return self.param(name, init, (self.num_experts, size), self.param_dtype).astype(self.dtype)
+
+  def _experts(self, x, matmul, bias, hidden_names, deterministic: bool):
+    """Every expert's MLP / SwiGLU on its own tokens, in either layout: `matmul(x, w_EXY)`
+    applies each expert's `[X, Y]` weights to its tokens, `bias(b_EY)` spreads each expert's bias
+    over them, `hidden_names` are the hidden activations' logical axes (None: unconstrained)."""
+    width, hidden = x.shape[-1], self.mlp_dim
+    std_in, std_out = self.init_stddev, self.out_init_stddev or self.init_stddev
+    act = mlp_lib.activation(self.activation)
+    h = matmul(x, self._kernel('wi', (self.num_experts, width, hidden),
+                               ('expert', 'embed', 'mlp'), std_in))
+    if self.use_bias:
+      h = h + bias(self._bias_EX('wi_bias', hidden, 'mlp'))
+    if self.mlp == 'swiglu':
+      up = matmul(x, self._kernel('wi_up', (self.num_experts, width, hidden),
+                                  ('expert', 'embed', 'mlp'), std_in))
+      if self.use_bias:  # as the dense SwiGLU: both projections biased
+        up = up + bias(self._bias_EX('wi_up_bias', hidden, 'mlp'))
+      h = act(h) * up
+    else:
+      h = act(h)
+    if hidden_names is not None:
+      h = nn.with_logical_constraint(h, hidden_names)
+    h = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)(h, deterministic)
+    y = matmul(h, self._kernel('wo', (self.num_experts, hidden, width),
+                               ('expert', 'mlp', 'embed'), std_out))
+    if self.use_bias:
+      y = y + bias(self._bias_EX('wo_bias', width, 'embed'))
+    return y
+
+  def _with_capacity(self, x_BLD, probs_BLE, valid_BL, deterministic: bool):
+    """One-hot dispatch into `[E, B, C, D]` expert slots and back: (y, first choices, kept)."""
+    factor = self.eval_capacity_factor if deterministic else self.capacity_factor
+    capacity = expert_capacity(x_BLD.shape[1], self.num_experts, self.top_k, factor,
+                               self.capacity)
+    dispatch_BLEC, combine_BLEC, first_BLE, kept_B = route(probs_BLE, valid_BL, self.top_k,
+                                                           capacity)
+    names_EBCD = ('expert', 'batch', None, 'embed')
+    x_EBCD = jnp.einsum('blec,bld->ebcd', dispatch_BLEC.astype(self.dtype), x_BLD)
+    x_EBCD = nn.with_logical_constraint(x_EBCD, names_EBCD)
+    y_EBCD = self._experts(x_EBCD, lambda x, w: jnp.einsum('ebcx,exy->ebcy', x, w),
+                           lambda b_EY: b_EY[:, None, None], ('expert', 'batch', None, 'mlp'),
+                           deterministic)
+    y_EBCD = nn.with_logical_constraint(y_EBCD, names_EBCD)
+    y_BLD = jnp.einsum('blec,ebcd->bld', combine_BLEC.astype(self.dtype), y_EBCD)
+    return y_BLD, first_BLE, jnp.sum(kept_B)
+
+  def _dropless(self, x_BLD, probs_BLE, valid_BL, deterministic: bool):
+    """Sorted by expert, `ragged_dot` per expert, back to token order: (y, first choices, kept)."""
+    rows, length, width = x_BLD.shape
+    k, num_experts = self.top_k, self.num_experts
+    gates_BLK, experts_BLK = top_k_gates(probs_BLE, k)
+    # The B * L * k token copies, padding given expert id E so that it sorts after every group.
+    expert_N = jnp.where(valid_BL[..., None], experts_BLK, num_experts).reshape(-1)
+    order_N = jnp.argsort(expert_N, stable=True)  # stable: each expert's tokens in position order
+    sizes_E = jnp.bincount(expert_N, length=num_experts + 1)[:num_experts].astype(jnp.int32)
+    x_ND = x_BLD.reshape(rows * length, width)[order_N // k]
+    sorted_expert_N = jnp.minimum(expert_N[order_N], num_experts - 1)  # padding: any bias, unused
+    y_ND = self._experts(x_ND, lambda x, w: jax.lax.ragged_dot(x, w, sizes_E),
+                         lambda b_EY: b_EY[sorted_expert_N], None, deterministic)
+    inverse_N = jnp.zeros_like(order_N).at[order_N].set(jnp.arange(order_N.size))
+    y_BLKD = y_ND[inverse_N].reshape(rows, length, k, width)
+    # ragged_dot leaves the rows past the groups (padding) undefined: select, do not multiply.
+    y_BLKD = jnp.where(valid_BL[..., None, None], y_BLKD, 0)
+    y_BLD = jnp.einsum('blk,blkd->bld', gates_BLK.astype(self.dtype), y_BLKD)
+    first_BLE = jax.nn.one_hot(experts_BLK[..., 0], num_experts, dtype=jnp.int32) * valid_BL[
+        ..., None]
+    return y_BLD, first_BLE, jnp.sum(valid_BL) * k
 
   @nn.compact
   def __call__(self, x_BLD: jnp.ndarray, valid_BL: jnp.ndarray, deterministic: bool = True):
@@ -202,56 +295,22 @@ class MoeMlp(nn.Module):
       raise ValueError(f'moe top_k={self.top_k} must be in [1, num_experts={self.num_experts}]')
     if self.mlp not in ('mlp', 'swiglu'):
       raise ValueError(f"unknown mlp {self.mlp!r}; known: 'mlp', 'swiglu'")
-    _, length, width = x_BLD.shape
-    num_experts, hidden = self.num_experts, self.mlp_dim
     valid_BL = valid_BL.astype(bool)
-
     router_in_BLD = x_BLD.astype(jnp.float32)
     if self.jitter > 0 and not deterministic:
       noise = jax.random.uniform(self.make_rng('dropout'), router_in_BLD.shape, jnp.float32,
                                  1.0 - self.jitter, 1.0 + self.jitter)
       router_in_BLD = router_in_BLD * noise
     router_DE = self.param('router', nn.with_logical_partitioning(
-        nn.initializers.normal(self.init_stddev), ('embed', None)), (width, num_experts),
-        self.param_dtype)
+        nn.initializers.normal(self.init_stddev), ('embed', None)),
+        (x_BLD.shape[-1], self.num_experts), self.param_dtype)
     logits_BLE = jnp.einsum('bld,de->ble', router_in_BLD, router_DE.astype(jnp.float32))
     probs_BLE = jax.nn.softmax(logits_BLE, axis=-1)
 
-    factor = self.eval_capacity_factor if deterministic else self.capacity_factor
-    capacity = expert_capacity(length, num_experts, self.top_k, factor, self.capacity)
-    dispatch_BLEC, combine_BLEC, first_BLE, kept_B = route(probs_BLE, valid_BL, self.top_k,
-                                                           capacity)
-    names_EBCD = ('expert', 'batch', None, 'embed')
-    x_EBCD = jnp.einsum('blec,bld->ebcd', dispatch_BLEC.astype(self.dtype), x_BLD)
-    x_EBCD = nn.with_logical_constraint(x_EBCD, names_EBCD)
-
-    std_in, std_out = self.init_stddev, self.out_init_stddev or self.init_stddev
-    act = mlp_lib.activation(self.activation)
-    wi_EDF = self._kernel('wi', (num_experts, width, hidden), ('expert', 'embed', 'mlp'), std_in)
-    h_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, wi_EDF)
-    if self.use_bias:
-      h_EBCF = h_EBCF + self._bias_E11X('wi_bias', (num_experts, hidden), ('expert', 'mlp'))
-    if self.mlp == 'swiglu':
-      up_EDF = self._kernel('wi_up', (num_experts, width, hidden), ('expert', 'embed', 'mlp'),
-                            std_in)
-      up_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, up_EDF)
-      if self.use_bias:  # as the dense SwiGLU: both projections biased
-        up_EBCF = up_EBCF + self._bias_E11X('wi_up_bias', (num_experts, hidden),
-                                            ('expert', 'mlp'))
-      h_EBCF = act(h_EBCF) * up_EBCF
-    else:
-      h_EBCF = act(h_EBCF)
-    h_EBCF = nn.with_logical_constraint(h_EBCF, ('expert', 'batch', None, 'mlp'))
-    h_EBCF = dropout_lib.Dropout(self.dropout_rate, self.dropout_impl)(h_EBCF, deterministic)
-    wo_EFD = self._kernel('wo', (num_experts, hidden, width), ('expert', 'mlp', 'embed'), std_out)
-    y_EBCD = jnp.einsum('ebcf,efd->ebcd', h_EBCF, wo_EFD)
-    if self.use_bias:
-      y_EBCD = y_EBCD + self._bias_E11X('wo_bias', (num_experts, width), ('expert', 'embed'))
-    y_EBCD = nn.with_logical_constraint(y_EBCD, names_EBCD)
-    y_BLD = jnp.einsum('blec,ebcd->bld', combine_BLEC.astype(self.dtype), y_EBCD)
+    routing = self._dropless if self.dropless else self._with_capacity
+    y_BLD, first_BLE, kept = routing(x_BLD, probs_BLE, valid_BL, deterministic)
     y_BLD = nn.with_logical_constraint(y_BLD, ('batch', 'length', 'embed'))
-
     aux = router_losses(logits_BLE, probs_BLE, first_BLE, valid_BL)
     routed = jnp.maximum(jnp.sum(valid_BL) * self.top_k, 1)
-    aux['dropped_fraction'] = 1.0 - jnp.sum(kept_B) / routed
+    aux['dropped_fraction'] = 1.0 - kept / routed
     return y_BLD, aux

@@ -8,10 +8,11 @@ bias-free router `gate` [E, D]. Each token takes its `num_experts_per_tok` most 
 Expert j's `w1`, `w3`, `w2` are our `wi`, `wi_up`, `wo` at index j.
 
 Differences handled on import:
-- Mixtral drops no token (no expert capacity). The import sets both capacity factors to E / k,
-  which makes every expert's capacity the whole row (C = L): dropless, so the logits are HF's. That
-  costs E / k times the experts' compute of a capacity-limited run; for fine-tuning set
-  `moe_capacity_factor` (e.g. 1.25) through `config_overrides`.
+- Mixtral drops no token (no expert capacity). The import sets `moe_dropless=True` (tokens sorted
+  by expert and the experts applied with `ragged_dot`: each token reaches its k experts, so the
+  logits are HF's) and both capacity factors to E / k, so that with `moe_dropless=False` (the
+  one-hot capacity path, e.g. for `moe_capacity_factor=1.25` in fine-tuning, through
+  `config_overrides`) every expert's capacity is still the whole row until a factor is lowered.
 - `router_aux_loss_coef` weights HF's balance loss averaged over the layers; ours is summed over
   the layers (Switch), so the import sets `moe_balance_weight = coef / num_layers`. HF's balance
   loss counts all k choices of a token, ours its first choice (Switch); the scale is the same up
@@ -45,7 +46,8 @@ def _config_from_hf(c: dict) -> dict:
   fields = llama.config_from_hf(dict(c, attention_bias=False, mlp_bias=False))
   dropless = experts / top_k
   fields.update(
-      moe_experts=experts, moe_every=1, moe_top_k=top_k, moe_capacity_factor=dropless,
+      moe_experts=experts, moe_every=1, moe_top_k=top_k, moe_dropless=True,
+      moe_capacity_factor=dropless,
       moe_eval_capacity_factor=dropless, moe_jitter=float(c.get('router_jitter_noise', 0.0)),
       moe_balance_weight=float(c.get('router_aux_loss_coef', 0.001)) / fields['num_layers'],
       moe_z_weight=0.0)
@@ -64,9 +66,10 @@ def _config_to_hf(cfg) -> dict:
           '(at k=1 its gate is 1, not the Switch router probability); use moe_top_k >= 2')
   require(not cfg.use_bias, 'Mixtral has no biases; use use_bias=False')
   dropless = cfg.moe_experts / cfg.moe_top_k
-  require(cfg.moe_eval_capacity_factor >= dropless,
+  require(cfg.moe_dropless or cfg.moe_eval_capacity_factor >= dropless,
           f'moe_eval_capacity_factor={cfg.moe_eval_capacity_factor} drops tokens at inference; '
-          f'Mixtral drops none: set it >= moe_experts / moe_top_k = {dropless:g} before export')
+          f'Mixtral drops none: set moe_dropless=True (or the factor >= moe_experts / moe_top_k '
+          f'= {dropless:g}) before export')
   out = llama.config_to_hf(cfg)
   for llama_only in ('attention_bias', 'mlp_bias'):
     out.pop(llama_only)
