@@ -54,7 +54,8 @@ the stack: the encoder's Le, the decoder's Ld or T): the router 2 D E, then with
 the k experts the token uses, k * 2 * 2 D F (the method's cost, as the Switch paper counts: top-1
 keeps the dense model's FLOPs), or with 'slab' what this code runs: every expert over its C
 capacity slots (C = `layers.moe.expert_capacity` at the training factor), E C / G * 2 * 2 D F
-per token, and the one-hot dispatch and combine einsums, 2 * 2 E C D.
+per token, and the one-hot dispatch and combine einsums, 2 * 2 E C D. A dropless layer
+(`moe_dropless`: sorted tokens and ragged_dot) runs the method's cost under both counts.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def routed_ffn_forward(cfg, group: float, scored: str = 'slab') -> float:
   the dispatch/combine einsums ('slab')."""
   d, e, k = cfg.embed_dim, cfg.moe_experts, cfg.moe_top_k
   expert = 2 * (3 if cfg.mlp == 'swiglu' else 2) * d * cfg.mlp_dim
-  if scored == 'expected':
+  if scored == 'expected' or cfg.moe_dropless:  # dropless runs exactly the k experts per token
     return 2 * d * e + k * expert
   group = int(round(group))
   capacity = moe.expert_capacity(group, e, k, cfg.moe_capacity_factor, cfg.moe_capacity)

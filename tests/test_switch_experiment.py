@@ -73,6 +73,9 @@ def test_flops_per_token_count_the_router_capacity_and_dispatch():
   ran = flops.per_token(sparse, vocab_size=8000)
   assert ran == pytest.approx(dense_total + 3 * (2 * 128 * 8 + (160 / 128 - 1) * ffn
                                                  + 2 * (2 * 160 * 128)))
+  # Dropless (sorted tokens + ragged_dot) runs exactly the method's cost.
+  dropless = configs.load_experiment(SWITCH + ':runlocal', {'model.moe_dropless': True})
+  assert flops.per_token(dropless, vocab_size=8000) == pytest.approx(expected)
   # The T5 form routes the second layer of each stack over its own slots (encoder 128, decoder
   # 29 at T = 141): both stacks' routed FFNs are counted, the cross-attention unchanged.
   t5 = configs.load_experiment(SWITCH + ':t5_runlocal', {})
