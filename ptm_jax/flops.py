@@ -268,6 +268,8 @@ def seq2seq_breakdown(config, *, vocab_size: int | None = None,
   elif family in ('decoder', 'encoder'):
     if 'stack' not in lengths:
       raise ValueError(f'{name} needs model.family=encdec, got {family!r}')
+    if name in _STACK_ONLY and family != 'decoder':
+      raise ValueError(f'{name} needs model.family=decoder, got {family!r}')
     slots = lengths['stack']
     hkv = (getattr(cfg, 'num_kv_heads', None) or cfg.num_heads) * head_dim
     parts['blocks'] = stack_forward(cfg, cfg.num_layers, slots,

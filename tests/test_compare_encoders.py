@@ -98,9 +98,12 @@ def test_spanbert_counts_its_sbo_head():
   assert slots == spanbert.max_span_predictions(64, options) > mlm.max_predictions(64, 0.15)
   assert parts['sbo_head'] == pytest.approx(
       3 * slots / 64 * (2 * (2 * 64 + 200) * 64 + 2 * 64 * 64 + 2 * 64 * VOCAB))
+  cfg = _member('mlm')
+  cfg.objective = base.objective_config('classify')
   with pytest.raises(ValueError, match='no FLOP model'):
-    cfg = _member('mlm')
-    cfg.objective = base.objective_config('clm')
+    flops.breakdown(cfg, vocab_size=VOCAB)
+  cfg.objective = base.objective_config('clm')  # counted, but only for a decoder
+  with pytest.raises(ValueError, match="clm needs model.family=decoder, got 'encoder'"):
     flops.breakdown(cfg, vocab_size=VOCAB)
 
 
