@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -415,8 +416,10 @@ def test_smollm2_gguf_parity(smollm2):
   cfg._attn_implementation = 'eager'
   with torch.device('meta'):
     hf = transformers.LlamaForCausalLM(cfg)
-  hf.load_state_dict({k: torch.from_numpy(v) for k, v in contents.tensors.items()}, strict=False,
-                     assign=True)
+  with warnings.catch_warnings():  # the GGUF tensors are read-only memory maps; eval never writes
+    warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in contents.tensors.items()},
+                       strict=False, assign=True)
   hf.model.rotary_emb = type(hf.model.rotary_emb)(config=cfg)  # its buffers were on 'meta'
   hf.tie_weights()
   hf.eval()
