@@ -1,8 +1,9 @@
 """Mixture of experts (layers.moe, MoeBlock, the decoder's moe_* fields): expert capacity, a worked
 routing example (position order, first choices first, drops, padding), the router losses, MoeMlp
 against hand-computed experts, dropped tokens pass through the residual, causal routing and padding
-in the decoder, the parameter layout, the aux loss in clm, bind_objective and config errors, remat,
-and a short training run."""
+in the decoder, the dropless path (sorted tokens + ragged_dot) against hand-computed experts and the
+whole-row capacity, the parameter layout, the aux loss in clm, bind_objective and config errors,
+remat, and a short training run."""
 from __future__ import annotations
 
 import functools
