@@ -20,6 +20,8 @@ FLOPs per token (`ptm_jax.flops`, training, 8000-token vocabulary): the method's
 expert over its capacity slots, 1.25x the tokens, + the one-hot dispatch and combine einsums, 2 E C
 D each per token, which grow with the row like attention) is +17 % for `small` (T = 1024,
 7.732e8) and +11 % for `t5_base` (8.086e8): the price of static shapes.
+`--config.model.moe_dropless=True` drops no token and runs the method's cost (tokens sorted by
+expert, `jax.lax.ragged_dot`; layers/moe.py), without the capacity path's expert parallelism.
 
   python -m ptm_jax.main --config experiments/switch.py:runlocal --workdir runs/switch
   python -m ptm_jax.main --config experiments/switch.py:dense_runlocal --workdir runs/switch_dense
