@@ -21,7 +21,8 @@ expert over its capacity slots, 1.25x the tokens, + the one-hot dispatch and com
 D each per token, which grow with the row like attention) is +17 % for `small` (T = 1024,
 7.732e8) and +11 % for `t5_base` (8.086e8): the price of static shapes.
 `--config.model.moe_dropless=True` drops no token and runs the method's cost (tokens sorted by
-expert, `jax.lax.ragged_dot`; layers/moe.py), without the capacity path's expert parallelism.
+expert, `jax.lax.ragged_dot`; layers/moe.py); under `expert` it all-reduces activations where
+the capacity path sends tokens with all-to-alls (docs/scaling.md).
 
   python -m ptm_jax.main --config experiments/switch.py:runlocal --workdir runs/switch
   python -m ptm_jax.main --config experiments/switch.py:dense_runlocal --workdir runs/switch_dense
