@@ -172,11 +172,16 @@ def per_step(config, *, vocab_size: int | None = None, scored: str = 'slab') -> 
   return per_token(config, vocab_size=vocab_size, scored=scored) * tokens
 
 
+def ffn_forward(d: int, mlp_dim: int, gated: bool) -> float:
+  """Forward matmul FLOPs per token of one feed-forward (or one expert): 2 or 3 D x F matmuls."""
+  return 2 * (3 if gated else 2) * d * mlp_dim
+
+
 def block_forward(d: int, heads_q: int, heads_kv: int, mlp_dim: int, gated: bool,
                   keys: int) -> float:
   """Forward matmul FLOPs per query token of one self-attention block over `keys` key slots."""
   return (2 * d * (2 * heads_q + 2 * heads_kv) + 2 * 2 * keys * heads_q
-          + 2 * (3 if gated else 2) * d * mlp_dim)
+          + ffn_forward(d, mlp_dim, gated))
 
 
 def routed_ffn_forward(cfg, group: float, scored: str = 'slab') -> float:
@@ -184,7 +189,7 @@ def routed_ffn_forward(cfg, group: float, scored: str = 'slab') -> float:
   doc): the router, then the k used experts ('expected') or every expert's capacity slots and
   the dispatch/combine einsums ('slab')."""
   d, e, k = cfg.embed_dim, cfg.moe_experts, cfg.moe_top_k
-  expert = 2 * (3 if cfg.mlp == 'swiglu' else 2) * d * cfg.mlp_dim
+  expert = ffn_forward(d, cfg.mlp_dim, cfg.mlp == 'swiglu')
   if scored == 'expected' or cfg.moe_dropless:  # dropless runs exactly the k experts per token
     return 2 * d * e + k * expert
   group = int(round(group))
@@ -197,8 +202,10 @@ def stack_forward(cfg, layers: int, slots: float, block: float, scored: str = 's
   per token with a dense FFN; the routed layers of an MoE config swap that FFN for experts."""
   routed = (sum(moe.is_moe_layer(cfg, i) for i in range(layers))
             if getattr(cfg, 'moe_experts', 0) else 0)
-  dense_ffn = 2 * (3 if getattr(cfg, 'mlp', 'mlp') == 'swiglu' else 2) * cfg.embed_dim * cfg.mlp_dim
-  swap = routed_ffn_forward(cfg, slots, scored) - dense_ffn if routed else 0.0
+  if not routed:
+    return slots * layers * block
+  swap = routed_ffn_forward(cfg, slots, scored) - ffn_forward(cfg.embed_dim, cfg.mlp_dim,
+                                                              cfg.mlp == 'swiglu')
   return slots * (layers * block + routed * swap)
 
 
