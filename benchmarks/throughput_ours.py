@@ -105,6 +105,7 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
   objective = objectives.get(wl['objective'])
   obj_options = objective.Options(
       **({'loss_chunk_size': opts['loss_chunk']} if 'loss_chunk' in opts else {}),
+      **({'loss_grad_in_forward': opts['loss_grad'] == 'forward'} if 'loss_grad' in opts else {}),
       **({'slab_rows': opts['slab']} if 'slab' in opts else {}))
   loss_fn, corrupt_fn = steps.bind_objective(
       objective, model=model, options=obj_options,

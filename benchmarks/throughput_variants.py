@@ -14,15 +14,17 @@ from __future__ import annotations
 # (objectives.common.set_vocab_reduction; 'auto' = one_pass off CPU); logits: decoder
 # Config.logits_dtype ('compute' = bf16 logits; every family); dropout: Config.dropout_impl
 # ('hash' = masks hashed from the element index, layers/dropout.py; every family); slab:
-# mlm.Options.slab_rows (MLM only: that many rows share one scored slab). Keys a workload lacks
-# are ignored.
-VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits', 'dropout', 'slab')
+# mlm.Options.slab_rows (MLM only: that many rows share one scored slab); loss_grad:
+# clm.Options.loss_grad_in_forward ('forward' = the output layer's gradient formed in the forward
+# pass; CLM only, with loss_chunk). Keys a workload lacks are ignored.
+VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits', 'dropout', 'slab',
+                'loss_grad')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
 LOGITS = ('float32', 'compute')
 # The keys that take a name; the others (loss_chunk, vocab_pad, slab) take a non-negative integer.
 CHOICES = {'mask': ('dense', 'lengths', 'packed'), 'prng': PRNG_IMPLS, 'reduce': REDUCTIONS,
-           'logits': LOGITS, 'dropout': ('bits', 'hash')}
+           'logits': LOGITS, 'dropout': ('bits', 'hash'), 'loss_grad': ('recompute', 'forward')}
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -49,10 +51,11 @@ def parse_variants(text: str) -> list[dict]:
 
 
 def applied_options(wl: dict, options: dict) -> dict:
-  """The --variants options this workload has (vocab_pad: decoder; loss_chunk: CLM; slab: MLM)."""
+  """The --variants options this workload has (vocab_pad: decoder; loss_chunk, loss_grad: CLM;
+  slab: MLM)."""
   keep = {'mask', 'prng', 'reduce', 'logits', 'dropout'}
   keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
-  keep |= {'loss_chunk'} if wl['objective'] == 'clm' else set()
+  keep |= {'loss_chunk', 'loss_grad'} if wl['objective'] == 'clm' else set()
   keep |= {'slab'} if wl['objective'] == 'mlm' else set()
   return {k: v for k, v in options.items() if k in keep}
 

@@ -123,8 +123,9 @@ def test_models_mask_forms_equal_dense(family, variant, layout, form, extra):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize('grad_in_forward', [False, True])
 @pytest.mark.parametrize('chunk', [5, 16])
-def test_chunked_cross_entropy_equals_unchunked(chunk):
+def test_chunked_cross_entropy_equals_unchunked(chunk, grad_in_forward):
   kh, kw, kt, kx = jax.random.split(jax.random.key(1), 4)
   hidden = jax.random.normal(kh, (3, L, 8))
   w_DV = jax.random.normal(kw, (8, 37))
@@ -138,7 +139,8 @@ def test_chunked_cross_entropy_equals_unchunked(chunk):
 
   def chunked(h, w):
     return common.chunked_lm_loss_and_metrics(h, lambda x: project(x, w), targets, weights,
-                                              chunk_size=chunk, **kw)
+                                              chunk_size=chunk, grad_in_forward=grad_in_forward,
+                                              **kw)
 
   grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
   (ref, ref_m), ref_g = grad(full)(hidden, w_DV)
@@ -151,7 +153,8 @@ def test_chunked_cross_entropy_equals_unchunked(chunk):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   # The weights' cotangent (data, but exact): the same as autodiff of the unchunked loss.
   g_w = jax.grad(lambda w: common.chunked_lm_loss_and_metrics(
-      hidden, lambda x: project(x, w_DV), targets, w, chunk_size=chunk, **kw)[0])(weights)
+      hidden, lambda x: project(x, w_DV), targets, w, chunk_size=chunk,
+      grad_in_forward=grad_in_forward, **kw)[0])(weights)
   ref_w = jax.grad(lambda w: common.lm_loss_and_metrics(project(hidden, w_DV), targets, w,
                                                         **kw)[0])(weights)
   np.testing.assert_allclose(g_w, ref_w, atol=1e-6)
@@ -179,6 +182,36 @@ def test_chunked_loss_backward_does_not_redo_the_vocabulary_reductions():
     forward = _count(jax.make_jaxpr(loss)(hidden).jaxpr, name)
     backward = _count(jax.make_jaxpr(jax.grad(loss))(hidden).jaxpr, name)
     assert forward >= 1 and backward == forward, (name, forward, backward)
+
+
+def test_chunked_loss_grad_in_forward_spares_the_recomputed_projection():
+  """grad_in_forward: the differentiated program has one vocabulary projection fewer (logits,
+  then the hidden and table gradients, all in the forward; the backward only scales), no more
+  vocabulary reductions than the forward; the plain evaluation is the unfused forward; the
+  reported z-loss is not differentiated (the optimised loss, which includes it, is)."""
+  hidden, w_DV = jnp.ones((2, 8, 4)), jnp.ones((4, 11)) * 0.1
+  targets, weights = jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 8))
+
+  def loss(h, w, fused, key='loss'):
+    return common.chunked_lm_loss_and_metrics(
+        h, lambda x: jnp.einsum('bcd,dv->bcv', x, w), targets, weights, chunk_size=4, z_loss=0.1,
+        grad_in_forward=fused)[1][key]
+
+  grad = lambda fused: jax.make_jaxpr(jax.grad(loss, (0, 1)), static_argnums=2)(hidden, w_DV,
+                                                                                 fused).jaxpr
+  # Recomputing: forward logits, backward logits + hidden gradient + table gradient.
+  assert _count(grad(False), 'dot_general') == 4 and _count(grad(True), 'dot_general') == 3
+  forward = _count(jax.make_jaxpr(loss, static_argnums=2)(hidden, w_DV, True).jaxpr, 'reduce_max')
+  assert forward >= 1 and _count(grad(True), 'reduce_max') == forward
+  assert _count(jax.make_jaxpr(loss, static_argnums=2)(hidden, w_DV, True).jaxpr,
+                'dot_general') == 1
+  g_z = jax.grad(loss, (0, 1))(hidden, w_DV, True, 'z_loss')
+  assert all(not np.any(g) for g in g_z)
+  assert np.any(jax.grad(loss, (0, 1))(hidden, w_DV, False, 'z_loss')[1])
+  for objective in (clm, prefix_lm, span_corruption, bart, mass):
+    with pytest.raises(ValueError, match='loss_grad_in_forward needs the chunked loss: set '
+                                         'loss_chunk_size > 0'):
+      objective.Options(loss_grad_in_forward=True)
 
 
 @pytest.fixture
@@ -229,10 +262,10 @@ def test_chunked_loss_over_a_padded_vocabulary_equals_the_sliced_one(reduction):
     weights = jnp.asarray((rng.random((2, 9)) > 0.2).astype(np.float32))
     kw = dict(z_loss=1e-3, label_smoothing=0.1)
 
-    def padded(h, w):
+    def padded(h, w, fused=False):
       return common.chunked_lm_loss_and_metrics(
           h, lambda x: jnp.einsum('bcd,dv->bcv', x, w), targets, weights, chunk_size=4,
-          valid_vocab=13, **kw)
+          valid_vocab=13, grad_in_forward=fused, **kw)
 
     def sliced(h, w):
       return common.lm_loss_and_metrics(jnp.einsum('bcd,dv->bcv', h, w[:, :13]), targets,
@@ -243,6 +276,12 @@ def test_chunked_loss_over_a_padded_vocabulary_equals_the_sliced_one(reduction):
     np.testing.assert_allclose(val, ref, rtol=1e-5)
     for k in ref_m:
       np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(g_h, r_h, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_w, r_w, rtol=1e-4, atol=1e-6)
+    assert float(jnp.max(jnp.abs(g_w[:, 13:]))) == 0.0
+    (val, _), (g_h, g_w) = jax.value_and_grad(lambda h, w: padded(h, w, True), (0, 1),
+                                              has_aux=True)(hidden, w_DV)
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
     np.testing.assert_allclose(g_h, r_h, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(g_w, r_w, rtol=1e-4, atol=1e-6)
     assert float(jnp.max(jnp.abs(g_w[:, 13:]))) == 0.0
@@ -263,18 +302,19 @@ def test_chunked_loss_in_the_objectives_equals_unchunked(objective):
                                                     positions=positions),
                             specials=SpecialIds(vocab_size=100))
 
-  def run(chunk):
-    options = objective.Options(z_loss=1e-3, loss_chunk_size=chunk)
+  def run(chunk, fused=False):
+    options = objective.Options(z_loss=1e-3, loss_chunk_size=chunk, loss_grad_in_forward=fused)
     f = lambda p: objective.loss(p, batch, None, model=model, options=options)
     return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
   (ref, ref_m), ref_g = run(0)
-  (val, m), g = run(6)
-  np.testing.assert_allclose(val, ref, rtol=1e-5)
-  for k in ref_m:
-    np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
-  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  for fused in (False, True):  # the output layer's gradient recomputed / formed in the forward
+    (val, m), g = run(6, fused)
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
+    for k in ref_m:
+      np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   with pytest.raises(ValueError, match='loss_chunk_size must be >= 0'):
     objective.Options(loss_chunk_size=-1)
 
@@ -303,19 +343,21 @@ def test_chunked_loss_in_the_seq2seq_objectives_equals_unchunked(objective, vari
                       encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)['params']
   specials = SpecialIds(vocab_size=100)
 
-  def run(chunk):
-    options = objective.Options(label_smoothing=0.1, loss_chunk_size=chunk)
+  def run(chunk, fused=False):
+    options = objective.Options(label_smoothing=0.1, loss_chunk_size=chunk,
+                                loss_grad_in_forward=fused)
     f = lambda p: objective.loss(p, batch, None, model=model, specials=specials, options=options)
     return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
   (ref, ref_m), ref_g = run(0)
-  (val, m), g = run(4)  # 10 target slots: chunks of 4, 4 and a zero-weight-padded 2
-  np.testing.assert_allclose(val, ref, rtol=1e-5)
-  assert set(m) == set(ref_m)
-  for k in ref_m:
-    np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
-  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  for fused in (False, True):
+    (val, m), g = run(4, fused)  # 10 target slots: chunks of 4, 4 and a zero-weight-padded 2
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
+    assert set(m) == set(ref_m)
+    for k in ref_m:
+      np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g)):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   out = model.apply({'params': params}, batch['inputs'], batch['targets'],
                     encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg, compute_logits=False)
   assert 'logits' not in out and out['hidden'].shape == (3, dec_seg.shape[1], 32)
@@ -410,6 +452,17 @@ def test_compute_dtype_logits_round_the_float32_ones_and_train_alike(tie):
   _close_and_aligned(loss, ref_loss, g, ref_g)
   table = g['token_embed']['embedding'] if tie else g['lm_head']['kernel'].T
   assert not np.any(table[100:])  # the padded rows are no tokens: no gradient reaches them
+  # The output layer's gradient formed in the forward, scaled there by the mean's cotangent
+  # (the backward's rescale is then 1): the same bf16 roundings as the recomputing path, so the
+  # same gradients up to the order of float32 sums.
+  options = clm.Options(loss_chunk_size=8, loss_grad_in_forward=True)
+  loss_f, g_f = grad(bf16)
+  np.testing.assert_allclose(loss_f, loss, rtol=1e-6)
+  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(t)])
+  np.testing.assert_allclose(flat(g_f), flat(g), atol=1e-5 * np.abs(flat(g)).max())
+  table = g_f['token_embed']['embedding'] if tie else g_f['lm_head']['kernel'].T
+  assert not np.any(table[100:])
+  options = clm.Options(loss_chunk_size=8)
   # The loss reads the bf16 logits: the projection's matmul writes bf16.
   jaxpr = str(jax.make_jaxpr(lambda p: clm.loss(p, batch, None, model=bf16, options=options)[0])(
       params))
@@ -518,6 +571,15 @@ def test_benchmark_variants_flag():
   corrupt_fn = throughput_ours._build(bert_wl, dict(options=dict(slab=2), dropout=0.1,
                                                     remat=False), None, 'float32')[2]
   assert corrupt_fn.keywords['options'].slab_rows == 2
+  # loss_grad=forward reaches GPT-2's CLM options (with the chunked loss it needs); BERT has none.
+  both = dict(loss_chunk=256, loss_grad='forward')
+  assert throughput.parse_variants('loss_chunk=256,loss_grad=forward') == [both]
+  assert throughput.applied_options(bert_wl, both) == {}
+  corrupt_fn = throughput_ours._build(wl, dict(options=both, dropout=0.1, remat=False), None,
+                                      'float32')[2]
+  assert corrupt_fn.keywords['options'].loss_grad_in_forward
+  with pytest.raises(ValueError, match="loss_grad='fused'; use one of recompute, forward"):
+    throughput.parse_variants('loss_grad=fused')
   opts = args.variant_list[1]
   bert = throughput.workload_spec('bert_base', args)
   gpt = throughput.workload_spec('gpt2_small', args)

@@ -81,9 +81,11 @@ def _assert_close_relative(a, b, rel=1e-5):
   assert np.abs(a - b).max() <= rel * max(np.abs(b).max(), 1e-3), (np.abs(a - b).max(), np.abs(b).max())
 
 
-# The chunked CLM loss is a custom VJP over the (sharded) output layer: checked here too.
+# The chunked CLM loss is a custom VJP over the (sharded) output layer, and with its gradient
+# formed in the forward a scan that sums the (sharded) table's gradient: checked here too.
 @pytest.mark.parametrize("family,objective,options", [
-    ("encoder", "mlm", None), ("decoder", "clm", None), ("decoder", "clm", {"loss_chunk_size": 8})])
+    ("encoder", "mlm", None), ("decoder", "clm", None), ("decoder", "clm", {"loss_chunk_size": 8}),
+    ("decoder", "clm", {"loss_chunk_size": 8, "loss_grad_in_forward": True})])
 def test_presets_match_single_device(family, objective, options):
   assert jax.device_count() == 8, "conftest must force 8 host devices"
   ref_loss, ref_loss2, ref_params, _ = _one_step(family, objective, jax.devices()[:1], "dp",

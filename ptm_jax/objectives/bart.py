@@ -59,9 +59,11 @@ class Options:
   label_smoothing: float = 0.0
   # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
   loss_chunk_size: int = 0
+  loss_grad_in_forward: bool = False  # the chunked loss's gradient in the forward (clm.Options)
 
   def __post_init__(self):
-    common.check_loss_chunk_size('bart.Options', self.loss_chunk_size)
+    common.check_loss_chunk_size('bart.Options', self.loss_chunk_size,
+                                 self.loss_grad_in_forward)
     for name in ('mask_rate', 'permute_sentences', 'rotate', 'token_mask_rate', 'delete_rate',
                  'random_token_rate', 'label_smoothing'):
       if not 0.0 <= getattr(self, name) <= 1.0:
@@ -159,5 +161,6 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   """Mean reconstruction cross-entropy of the original row, and its metrics."""
   value, metrics = seq2seq.loss(params, batch, rng, model=model, specials=specials,
                                 label_smoothing=options.label_smoothing,
-                                loss_chunk_size=options.loss_chunk_size)
+                                loss_chunk_size=options.loss_chunk_size,
+                                loss_grad_in_forward=options.loss_grad_in_forward)
   return value, metrics

@@ -10,7 +10,9 @@ Recipe, on packed rows:
   * loss = sum of weighted cross-entropy / max(sum of weights, 1), plus an optional z-loss
     (`z_loss` * log(Z)^2, PaLM) that keeps the softmax normaliser near 1;
   * `loss_chunk_size` > 0 computes the same loss chunk by chunk over the sequence (never the
-    full float32 `[B, L, V]` logits; tests/test_fast_paths.py checks equality with gradients).
+    full float32 `[B, L, V]` logits; tests/test_fast_paths.py checks equality with gradients);
+    with `loss_grad_in_forward` the output layer's gradient is formed in the forward pass
+    instead of recomputing each chunk's logits in the backward (one vocabulary matmul less).
 
 Tests (tests/test_objectives_clm.py) check that targets are the shifted tokens, that weights are
 zero at the last position of each segment and on padding (a worked example with two packed
@@ -38,11 +40,16 @@ class Options:
   # > 0: the loss runs over chunks of this many positions and never holds the full float32
   # [B, L, V] logits (common.chunked_lm_loss_and_metrics; decoder models). 0 = unchunked.
   loss_chunk_size: int = 0
+  # With loss_chunk_size > 0: the output layer's gradient is formed in the forward pass, while
+  # each chunk's logits are at hand, instead of recomputing them in the backward (one vocabulary
+  # matmul per position less; common.chunked_lm_loss_and_metrics).
+  loss_grad_in_forward: bool = False
 
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'clm.Options.z_loss must be >= 0, got {self.z_loss}')
-    common.check_loss_chunk_size('clm.Options', self.loss_chunk_size)
+    common.check_loss_chunk_size('clm.Options', self.loss_chunk_size,
+                                 self.loss_grad_in_forward)
 
 
 def corrupt(rng, batch, *, specials, options: Options = Options()):
@@ -68,4 +75,5 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
                     deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
                     **common.logits_kwargs(model, chunk))
   return common.output_loss_and_metrics(model, params, out, batch['targets'], batch['weights'],
-                                        chunk_size=chunk, z_loss=options.z_loss)
+                                        chunk_size=chunk, z_loss=options.z_loss,
+                                        grad_in_forward=options.loss_grad_in_forward)

@@ -198,7 +198,7 @@ def _sums_and_terms(logits_BCV, t_BC, w_BC, z_loss: float, label_smoothing: floa
 
 def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, chunk_size: int,
                                 z_loss: float = 0.0, label_smoothing: float = 0.0,
-                                valid_vocab: int | None = None):
+                                valid_vocab: int | None = None, grad_in_forward: bool = False):
   """`lm_loss_and_metrics(project(hidden_BLD), ...)` without ever holding `[B, L, V]` logits.
 
   `project` maps hidden `[B, C, D]` to float32 logits `[B, C, V]` (the model's output layer).
@@ -212,6 +212,16 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
   the saved log Z. Rematerialising the forward instead (jax.checkpoint) also recomputes its
   max and sum-exp reductions over the vocabulary: two more passes over every chunk's float32
   logits, which the H100 profile of GPT-2 small showed (docs/benchmarks.md).
+
+  `grad_in_forward=True` (Liger's fused linear cross-entropy, Hsu et al. 2024): when the loss is
+  differentiated, the forward pass forms each chunk's logits gradient while its logits are at
+  hand and runs the projection's backward there, keeping the hidden states' gradient and summing
+  the output layer's; the backward only scales them by the loss's cotangent. That spares the
+  recomputed projection (one vocabulary matmul per position: ~9 % of GPT-2 small's training
+  FLOPs) and its pass over the logits, for an output-layer-sized float32 accumulator held during
+  the forward. The loss's gradient is exact; `metrics['z_loss']` (whose z-loss is inside
+  `metrics['loss']`) is then a reported number, not differentiable. Evaluation (no gradient)
+  runs the plain forward.
 
   `valid_vocab` < V: `project` returns a padded vocabulary whose first `valid_vocab` columns are
   the tokens (`vocab_pad_multiple`); the rest count as -inf (no mass, never the argmax, zero
@@ -230,53 +240,111 @@ def chunked_lm_loss_and_metrics(hidden_BLD, project, targets_BL, weights_BL, *, 
     targets_BL = jnp.pad(targets_BL, ((0, 0), (0, pad)))
     weights_BL = jnp.pad(weights_BL, ((0, 0), (0, pad)))
   to_chunks = lambda x: jnp.swapaxes(x.reshape((b, num, chunk_size) + x.shape[2:]), 0, 1)
-  h_NBCD = to_chunks(hidden_BLD)
+  chunks = (to_chunks(hidden_BLD), to_chunks(targets_BL), to_chunks(weights_BL))
   # The parameters `project` closes over become explicit inputs, so the custom VJP can return
   # their gradients (from the projection's own VJP).
-  proj, consts = jax.closure_convert(project, h_NBCD[0])
+  proj, consts = jax.closure_convert(project, chunks[0][0])
+  terms = lambda logits_BCV, t_BC, w_BC: _sums_and_terms(logits_BCV, t_BC, w_BC, z_loss,
+                                                         label_smoothing, valid_vocab)
+  logits_grad = lambda logits_BCV, t_BC, w_BC, lse_BC, g_ce, g_z: _logits_grad(
+      logits_BCV, t_BC, w_BC, lse_BC, g_ce, g_z, z_loss, label_smoothing, valid_vocab)
+  if grad_in_forward:
+    sums = _sums_grad_in_forward(proj, terms, logits_grad)(*chunks, *consts)
+    return _loss_and_metrics(sums.at[2].set(jax.lax.stop_gradient(sums[2])), z_loss)
 
   @jax.custom_vjp
   def chunk_sums(h_BCD, t_BC, w_BC, *params):
-    return _sums_and_terms(proj(h_BCD, *params), t_BC, w_BC, z_loss, label_smoothing,
-                           valid_vocab)[0]
+    return terms(proj(h_BCD, *params), t_BC, w_BC)[0]
 
   def chunk_fwd(h_BCD, t_BC, w_BC, *params):
-    sums, terms = _sums_and_terms(proj(h_BCD, *params), t_BC, w_BC, z_loss, label_smoothing,
-                                  valid_vocab)
-    return sums, (h_BCD, t_BC, w_BC, params, terms)
+    sums, per_position = terms(proj(h_BCD, *params), t_BC, w_BC)
+    return sums, (h_BCD, t_BC, w_BC, params, per_position)
 
   def chunk_bwd(residuals, g_4):
     h_BCD, t_BC, w_BC, params, (lse_BC, loss_BC, z_BC, correct_BC) = residuals
     logits_BCV, project_vjp = jax.vjp(proj, h_BCD, *params)
-    vocab = logits_BCV.shape[-1]
-    valid = vocab if valid_vocab is None else min(valid_vocab, vocab)
-    # exp(-inf - lse) = 0: the padded columns get no gradient.
-    probs_BCV = jnp.exp(_mask_padding(logits_BCV, valid) - lse_BC[..., None])
-    target_BCV = jax.nn.one_hot(t_BC, vocab, dtype=jnp.float32)
-    if label_smoothing:
-      target_BCV = (target_BCV * (1.0 - label_smoothing)
-                    + jnp.where(_in_vocab(target_BCV, valid), label_smoothing / valid, 0.0))
-    g_ce_BC = w_BC * g_4[0]
-    g_logits_BCV = g_ce_BC[..., None] * (probs_BCV - target_BCV)
-    if z_loss:
-      g_z_BC = w_BC * (g_4[0] + g_4[2]) * 2.0 * z_loss * lse_BC
-      g_logits_BCV = g_logits_BCV + g_z_BC[..., None] * probs_BCV
+    g_logits_BCV = logits_grad(logits_BCV, t_BC, w_BC, lse_BC, g_4[0], g_4[0] + g_4[2])
     g_h_BCD, *g_params = project_vjp(g_logits_BCV.astype(logits_BCV.dtype))
-    # Weights are data, but their cotangent is exact and cheap ([B, C] terms), so give it.
-    g_w_BC = g_4[0] * loss_BC + g_4[1] + g_4[2] * z_BC + g_4[3] * correct_BC
-    return (g_h_BCD, None, g_w_BC, *g_params)
+    return (g_h_BCD, None, _weights_grad(g_4, loss_BC, z_BC, correct_BC), *g_params)
 
   chunk_sums.defvjp(chunk_fwd, chunk_bwd)
   sums, _ = jax.lax.scan(lambda acc, xs: (acc + chunk_sums(*xs, *consts), None),
-                         jnp.zeros(4, jnp.float32),
-                         (h_NBCD, to_chunks(targets_BL), to_chunks(weights_BL)))
+                         jnp.zeros(4, jnp.float32), chunks)
   return _loss_and_metrics(sums, z_loss)
 
 
-def check_loss_chunk_size(owner: str, chunk_size: int) -> None:
-  """The `loss_chunk_size` field every LM objective's Options has: >= 0 (0 = unchunked)."""
+def _logits_grad(logits_BCV, t_BC, w_BC, lse_BC, g_ce, g_z, z_loss: float,
+                 label_smoothing: float, valid_vocab: int | None):
+  """d(weighted sums)/d logits for cotangents g_ce (of the loss sum) and g_z (of every z-loss
+  term: the loss sum's and the z sum's): w [g_ce (softmax - q) + g_z 2 z_loss log Z softmax]."""
+  vocab = logits_BCV.shape[-1]
+  valid = vocab if valid_vocab is None else min(valid_vocab, vocab)
+  # exp(-inf - lse) = 0: the padded columns get no gradient.
+  probs_BCV = jnp.exp(_mask_padding(logits_BCV.astype(jnp.float32), valid) - lse_BC[..., None])
+  target_BCV = jax.nn.one_hot(t_BC, vocab, dtype=jnp.float32)
+  if label_smoothing:
+    target_BCV = (target_BCV * (1.0 - label_smoothing)
+                  + jnp.where(_in_vocab(target_BCV, valid), label_smoothing / valid, 0.0))
+  g_logits_BCV = (w_BC * g_ce)[..., None] * (probs_BCV - target_BCV)
+  if z_loss:
+    g_logits_BCV = g_logits_BCV + (w_BC * g_z * 2.0 * z_loss * lse_BC)[..., None] * probs_BCV
+  return g_logits_BCV
+
+
+def _weights_grad(g_4, loss_BC, z_BC, correct_BC):
+  # Weights are data, but their cotangent is exact and cheap ([B, C] terms), so give it.
+  return g_4[0] * loss_BC + g_4[1] + g_4[2] * z_BC + g_4[3] * correct_BC
+
+
+def _sums_grad_in_forward(proj, terms, logits_grad):
+  """The chunks' summed (loss, weight, z, hits) as a custom VJP over the whole scan whose forward
+  also computes the loss sum's gradient (`chunked_lm_loss_and_metrics(grad_in_forward=True)`)."""
+
+  def plain(h_NBCD, t_NBC, w_NBC, *params):
+    step = lambda acc, xs: (acc + terms(proj(xs[0], *params), xs[1], xs[2])[0], None)
+    return jax.lax.scan(step, jnp.zeros(4, jnp.float32), (h_NBCD, t_NBC, w_NBC))[0]
+
+  def fwd(h_NBCD, t_NBC, w_NBC, *params):
+    # The cotangent the mean loss (`_loss_and_metrics`) gives the loss sum, 1 / denominator, is
+    # the forward's guess: the backward rescales by (actual / guess), exactly 1 under a plain
+    # mean, so a bf16 hidden-state gradient is not rounded a second time.
+    denom = jnp.maximum(jnp.sum(w_NBC), 1.0)
+
+    def step(carry, xs):
+      acc, g_params = carry
+      h_BCD, t_BC, w_BC = xs
+      logits_BCV, project_vjp = jax.vjp(proj, h_BCD, *params)
+      sums, (lse_BC, loss_BC, z_BC, correct_BC) = terms(logits_BCV, t_BC, w_BC)
+      # Of the loss sum, which includes the z-loss; the z sum alone is not differentiated.
+      g_logits_BCV = logits_grad(logits_BCV, t_BC, w_BC, lse_BC, 1.0 / denom, 1.0 / denom)
+      g_h_BCD, *g_chunk = project_vjp(g_logits_BCV.astype(logits_BCV.dtype))
+      g_params = [a + g for a, g in zip(g_params, g_chunk)]
+      return (acc + sums, g_params), (g_h_BCD, loss_BC, z_BC, correct_BC)
+
+    zeros = [jnp.zeros_like(p) for p in params]
+    (sums, g_params), per_chunk = jax.lax.scan(step, (jnp.zeros(4, jnp.float32), zeros),
+                                               (h_NBCD, t_NBC, w_NBC))
+    return sums, (per_chunk, g_params, denom)
+
+  def bwd(residuals, g_4):
+    (g_h_NBCD, loss_NBC, z_NBC, correct_NBC), g_params, denom = residuals
+    scale = lambda g: (g_4[0] * denom * g).astype(g.dtype)
+    return (scale(g_h_NBCD), None, _weights_grad(g_4, loss_NBC, z_NBC, correct_NBC),
+            *[scale(g) for g in g_params])
+
+  sums = jax.custom_vjp(plain)
+  sums.defvjp(fwd, bwd)
+  return sums
+
+
+def check_loss_chunk_size(owner: str, chunk_size: int, grad_in_forward: bool = False) -> None:
+  """The `loss_chunk_size` field every LM objective's Options has: >= 0 (0 = unchunked), and
+  `loss_grad_in_forward`, which is a mode of the chunked loss."""
   if chunk_size < 0:
     raise ValueError(f'{owner}.loss_chunk_size must be >= 0 (0 = off), got {chunk_size}')
+  if grad_in_forward and not chunk_size:
+    raise ValueError(f'{owner}.loss_grad_in_forward needs the chunked loss: set '
+                     f'loss_chunk_size > 0 (e.g. 256)')
 
 
 def logits_kwargs(model, chunk_size: int) -> dict:
@@ -303,16 +371,19 @@ def with_model_aux_loss(loss_and_metrics, out):
 
 
 def output_loss_and_metrics(model, params, out, targets_BL, weights_BL, *, chunk_size: int,
-                            z_loss: float = 0.0, label_smoothing: float = 0.0):
-  """LM loss from a model output: its `logits`, or (chunk_size > 0) chunked from its `hidden`;
-  plus the model's auxiliary loss (`with_model_aux_loss`)."""
+                            z_loss: float = 0.0, label_smoothing: float = 0.0,
+                            grad_in_forward: bool = False):
+  """LM loss from a model output: its `logits`, or (chunk_size > 0) chunked from its `hidden`
+  (`grad_in_forward`: see `chunked_lm_loss_and_metrics`); plus the model's auxiliary loss
+  (`with_model_aux_loss`)."""
   return with_model_aux_loss(
       _lm_output_loss(model, params, out, targets_BL, weights_BL, chunk_size=chunk_size,
-                      z_loss=z_loss, label_smoothing=label_smoothing), out)
+                      z_loss=z_loss, label_smoothing=label_smoothing,
+                      grad_in_forward=grad_in_forward), out)
 
 
 def _lm_output_loss(model, params, out, targets_BL, weights_BL, *, chunk_size: int,
-                    z_loss: float, label_smoothing: float):
+                    z_loss: float, label_smoothing: float, grad_in_forward: bool):
   if not chunk_size:
     return lm_loss_and_metrics(out['logits'], targets_BL, weights_BL, z_loss=z_loss,
                                label_smoothing=label_smoothing)
@@ -324,4 +395,5 @@ def _lm_output_loss(model, params, out, targets_BL, weights_BL, *, chunk_size: i
   return chunked_lm_loss_and_metrics(out['hidden'], project, targets_BL, weights_BL,
                                      chunk_size=chunk_size, z_loss=z_loss,
                                      label_smoothing=label_smoothing,
-                                     valid_vocab=config.vocab_size if padded else None)
+                                     valid_vocab=config.vocab_size if padded else None,
+                                     grad_in_forward=grad_in_forward)

@@ -46,9 +46,11 @@ class Options:
   label_smoothing: float = 0.0
   # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
   loss_chunk_size: int = 0
+  loss_grad_in_forward: bool = False  # the chunked loss's gradient in the forward (clm.Options)
 
   def __post_init__(self):
-    common.check_loss_chunk_size('mass.Options', self.loss_chunk_size)
+    common.check_loss_chunk_size('mass.Options', self.loss_chunk_size,
+                                 self.loss_grad_in_forward)
     mlm.Options(0.15, self.mask_token_rate, self.random_token_rate)
     if not 0.0 < self.fragment_rate <= 1.0:
       raise ValueError(f'mass.Options.fragment_rate must be in (0, 1], got {self.fragment_rate}')
@@ -96,4 +98,5 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   """Mean cross-entropy over the fragment tokens, and its metrics."""
   return seq2seq.loss(params, batch, rng, model=model, specials=specials,
                       label_smoothing=options.label_smoothing,
-                      loss_chunk_size=options.loss_chunk_size)
+                      loss_chunk_size=options.loss_chunk_size,
+                      loss_grad_in_forward=options.loss_grad_in_forward)

@@ -40,11 +40,13 @@ class Options:
 
   z_loss: float = 0.0
   loss_chunk_size: int = 0  # > 0: chunked loss without full [B, L, V] logits (clm.Options)
+  loss_grad_in_forward: bool = False  # the chunked loss's gradient in the forward (clm.Options)
 
   def __post_init__(self):
     if self.z_loss < 0:
       raise ValueError(f'prefix_lm.Options.z_loss must be >= 0, got {self.z_loss}')
-    common.check_loss_chunk_size('prefix_lm.Options', self.loss_chunk_size)
+    common.check_loss_chunk_size('prefix_lm.Options', self.loss_chunk_size,
+                                 self.loss_grad_in_forward)
 
 
 def split_prefix(rng, segment_ids_BL, positions_BL) -> jax.Array:
@@ -78,4 +80,5 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
                     deterministic=rng is None, rngs=None if rng is None else {'dropout': rng},
                     **common.logits_kwargs(model, chunk))
   return common.output_loss_and_metrics(model, params, out, batch['targets'], batch['weights'],
-                                        chunk_size=chunk, z_loss=options.z_loss)
+                                        chunk_size=chunk, z_loss=options.z_loss,
+                                        grad_in_forward=options.loss_grad_in_forward)

@@ -28,11 +28,13 @@ def decoder_start_id(model, specials) -> int:
 
 
 def loss(params, batch, rng, *, model, specials=None, z_loss: float = 0.0,
-         label_smoothing: float = 0.0, loss_chunk_size: int = 0):
+         label_smoothing: float = 0.0, loss_chunk_size: int = 0,
+         loss_grad_in_forward: bool = False):
   """Mean cross-entropy of the decoder over the weighted target slots, and its metrics.
 
   `loss_chunk_size` > 0: the same loss from the decoder's hidden states, `loss_chunk_size`
-  target positions at a time (common.chunked_lm_loss_and_metrics), never `[B, Ld, V]` logits.
+  target positions at a time (common.chunked_lm_loss_and_metrics), never `[B, Ld, V]` logits;
+  `loss_grad_in_forward`: its output-layer gradient formed in the forward pass.
   """
   decoder_inputs = batch.get('decoder_inputs')
   if decoder_inputs is None:
@@ -47,6 +49,6 @@ def loss(params, batch, rng, *, model, specials=None, z_loss: float = 0.0,
                     **common.logits_kwargs(model, loss_chunk_size))
   value, metrics = common.output_loss_and_metrics(
       model, params, out, batch['targets'], batch['weights'], chunk_size=loss_chunk_size,
-      z_loss=z_loss, label_smoothing=label_smoothing)
+      z_loss=z_loss, label_smoothing=label_smoothing, grad_in_forward=loss_grad_in_forward)
   metrics['num_encoder_tokens'] = jnp.sum(batch['input_segment_ids'] != 0).astype(jnp.float32)
   return value, metrics

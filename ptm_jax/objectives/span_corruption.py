@@ -55,9 +55,11 @@ class Options:
   label_smoothing: float = 0.0
   # > 0: the target loss chunk by chunk without [B, L, V] logits (seq2seq.loss). 0 = unchunked.
   loss_chunk_size: int = 0
+  loss_grad_in_forward: bool = False  # the chunked loss's gradient in the forward (clm.Options)
 
   def __post_init__(self):
-    common.check_loss_chunk_size('span_corruption.Options', self.loss_chunk_size)
+    common.check_loss_chunk_size('span_corruption.Options', self.loss_chunk_size,
+                                 self.loss_grad_in_forward)
     if not 0.0 < self.noise_density < 1.0:
       raise ValueError(f'span_corruption.Options.noise_density must be in (0, 1), got {self.noise_density}')
     if self.mean_noise_span_length < 1.0:
@@ -192,4 +194,5 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   """Mean target cross-entropy (+ z-loss) of the encoder–decoder, and its metrics."""
   return seq2seq.loss(params, batch, rng, model=model, specials=specials, z_loss=options.z_loss,
                       label_smoothing=options.label_smoothing,
-                      loss_chunk_size=options.loss_chunk_size)
+                      loss_chunk_size=options.loss_chunk_size,
+                      loss_grad_in_forward=options.loss_grad_in_forward)
