@@ -1,6 +1,6 @@
 """benchmarks/throughput.py: the FLOP model, the batch search, the attention check, and a tiny
 CPU run of both sides (ours and the HF PyTorch reference) end to end; benchmarks/moe_dispatch.py:
-both MoE paths run and agree."""
+both MoE paths run and agree; benchmarks/loss_head.py: both gradient modes run and agree."""
 import json
 import math
 import os
@@ -176,3 +176,18 @@ def test_moe_dispatch_benchmark_runs_both_paths_and_they_agree(tmp_path):
   assert json.loads(out.read_text())["results"][0]["path"] == "capacity"
   with pytest.raises(SystemExit, match="unknown paths"):
     moe_dispatch.main(["--paths", "sorted"])
+
+
+def test_loss_head_benchmark_runs_both_modes_and_they_agree(tmp_path):
+  import loss_head
+  out = tmp_path / "head.json"
+  results = loss_head.main(["--tokens", "64", "--width", "16", "--vocab", "300", "--pad", "128",
+                            "--chunk", "16", "--steps", "1", "--repeats", "1", "--z_loss", "1e-3",
+                            "--json", str(out)])
+  assert [r["mode"] for r in results] == list(loss_head.MODES)
+  assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+  assert [r["vocab_matmuls"] for r in results] == [4, 3]
+  data = json.loads(out.read_text())
+  assert data["max_abs_grad_diff"] < 1e-3 and data["speedup"] > 0
+  with pytest.raises(SystemExit, match="multiple of --rows"):
+    loss_head.main(["--tokens", "63"])
