@@ -10,7 +10,7 @@ Recipe, on packed rows:
   * loss = sum of weighted cross-entropy / max(sum of weights, 1), plus an optional z-loss
     (`z_loss` * log(Z)^2, PaLM) that keeps the softmax normaliser near 1;
   * `loss_chunk_size` > 0 computes the same loss chunk by chunk over the sequence (never the
-    full float32 `[B, L, V]` logits; tests/test_fast_paths.py checks equality with gradients);
+    full float32 `[B, L, V]` logits; tests/test_loss_fast_paths.py checks equality with gradients);
     with `loss_grad_in_forward` the output layer's gradient is formed in the forward pass
     instead of recomputing each chunk's logits in the backward (one vocabulary matmul less).
 
