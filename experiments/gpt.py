@@ -9,7 +9,11 @@ across document (packing) boundaries.
   python -m ptm_jax.main --config experiments/gpt.py:runlocal --workdir runs/gpt
   python -m ptm_jax.main --config experiments/gpt.py:small --workdir runs/gpt2_small   # GPU/TPU
 
-`arg` is `runlocal`, `llama_runlocal`, or a GPT-2 size: small, medium, large.
+`arg` is `runlocal`, `llama_runlocal`, or a GPT-2 size: small, medium, large. The GPT-2 sizes
+pad the vocabulary to a multiple of 128 and compute the loss in chunks of 256 positions with the
+output layer's gradient formed in the forward pass (each the same loss and gradients as the plain
+path; `--config.objective.loss_chunk_size=0 --config.objective.loss_grad_in_forward=False`
+restores it).
 """
 from ptm_jax.configs import base
 
@@ -25,7 +29,15 @@ def get_config(arg: str = "runlocal"):
   config.train.update(steps=100_000, batch_size=512, log_every=100, eval_every=5000,
                       checkpoint_every=5000)
   config.model.dtype = "bfloat16"
+  # The accelerator sizes take the loss-side fast paths (docs/benchmarks.md, "Means implemented";
+  # each equals the plain path, tests/test_loss_fast_paths.py): the vocabulary padded to a
+  # multiple of 128, the loss in chunks of 256 positions without [B, L, V] float32 logits, and
+  # the output layer's gradient formed in the forward pass.
+  config.model.vocab_pad_multiple = 128
+  config.objective.update(loss_chunk_size=256, loss_grad_in_forward=True)
   if variant.endswith("runlocal"):
+    config.model.vocab_pad_multiple = 0
+    config.objective.update(loss_chunk_size=0, loss_grad_in_forward=False)
     config.model.dtype = "float32"
     config.data.seq_len = 128
     config.data.tokenizer.update(vocab_size=8000, model_type="bpe")

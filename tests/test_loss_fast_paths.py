@@ -383,3 +383,25 @@ def test_compute_dtype_logits_in_the_encoder_decoder():
         p, batch, None, model=m, specials=SpecialIds(vocab_size=100), options=options)[0]))(params)
     (ref_loss, ref_g), (loss, g) = grad(f32), grad(bf16)
     _close_and_aligned(loss, ref_loss, g, ref_g)
+
+
+@pytest.mark.parametrize('size,fast', [('small', True), ('medium', True), ('large', True),
+                                       ('runlocal', False), ('llama_runlocal', False)])
+def test_gpt_experiment_sizes_take_the_loss_fast_paths(size, fast):
+  """experiments/gpt.py: the accelerator sizes pad the vocabulary and chunk the loss with its
+  gradient formed in the forward; the CPU sizes keep the plain paths. Both resolve to a model
+  and Options (the padded table's shape checked without allocating it)."""
+  import os
+  from ptm_jax import configs, objectives, train
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configs.load_experiment(os.path.join(repo, 'experiments', f'gpt.py:{size}'), {})
+  objective = objectives.get(config.objective.name)
+  options = objectives.build_options(objective, config.objective)
+  assert (options.loss_chunk_size, options.loss_grad_in_forward) == ((256, True) if fast
+                                                                      else (0, False))
+  model = train.build_model(config, 31_999, objective, options)
+  assert model.config.vocab_pad_multiple == (128 if fast else 0)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.key(0), tokens, segment_ids=tokens + 1, positions=jnp.arange(8)[None])))
+  assert shapes['params']['token_embed']['embedding'].shape[0] == (32_000 if fast else 31_999)
