@@ -191,3 +191,15 @@ def test_loss_head_benchmark_runs_both_modes_and_they_agree(tmp_path):
   assert data["max_abs_grad_diff"] < 1e-3 and data["speedup"] > 0
   with pytest.raises(SystemExit, match="multiple of --rows"):
     loss_head.main(["--tokens", "63"])
+
+
+def test_gpu_session_script_parses_and_its_variants_exist():
+  """benchmarks/gpu_session.sh (the next GPU session's one call; run with TINY=1 on a CPU for a
+  dry run, ~40 s): valid bash, and the option sets it passes are known variants."""
+  script = os.path.join(REPO, "benchmarks", "gpu_session.sh")
+  subprocess.run(["bash", "-n", script], check=True)
+  text = open(script).read()
+  best = text.split("BEST=", 1)[1].split("\n", 1)[0]
+  new = text.split('NEW="$BEST', 1)[1].split('"', 1)[0].replace("$SLAB", "32")
+  (a, b) = throughput.parse_variants(f"{best};{best}{new}")
+  assert set(b) - set(a) == {"logits", "dropout", "loss_grad", "slab"}
