@@ -99,8 +99,11 @@ def _build(wl: dict, spec: dict, impl: str | None, dtype: str):
     fast['logits_dtype'] = opts['logits']
   if 'dropout' in opts:
     fast['dropout_impl'] = opts['dropout']
+  if 'remat' in opts:
+    fast['remat_policy'] = opts['remat']
   model = models.build(wl['family'], wl['variant'], **wl['overrides'], dtype=dtype,
-                       param_dtype='float32', dropout_rate=spec['dropout'], remat=spec['remat'],
+                       param_dtype='float32', dropout_rate=spec['dropout'],
+                       remat=spec['remat'] or 'remat' in opts,
                        attention_impl=impl, **fast)
   objective = objectives.get(wl['objective'])
   obj_options = objective.Options(

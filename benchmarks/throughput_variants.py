@@ -16,15 +16,18 @@ from __future__ import annotations
 # ('hash' = masks hashed from the element index, layers/dropout.py; every family); slab:
 # mlm.Options.slab_rows (MLM only: that many rows share one scored slab); loss_grad:
 # clm.Options.loss_grad_in_forward ('forward' = the output layer's gradient formed in the forward
-# pass; CLM only, with loss_chunk). Keys a workload lacks are ignored.
+# pass; CLM only, with loss_chunk); remat: every block rematerialised keeping what the policy
+# says (Config.remat_policy, layers.blocks.REMAT_POLICIES; both families; --remat is 'full').
+# Keys a workload lacks are ignored.
 VARIANT_KEYS = ('mask', 'loss_chunk', 'vocab_pad', 'prng', 'reduce', 'logits', 'dropout', 'slab',
-                'loss_grad')
+                'loss_grad', 'remat')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 REDUCTIONS = ('auto', 'one_pass', 'two_pass')
 LOGITS = ('float32', 'compute')
 # The keys that take a name; the others (loss_chunk, vocab_pad, slab) take a non-negative integer.
 CHOICES = {'mask': ('dense', 'lengths', 'packed'), 'prng': PRNG_IMPLS, 'reduce': REDUCTIONS,
-           'logits': LOGITS, 'dropout': ('bits', 'hash'), 'loss_grad': ('recompute', 'forward')}
+           'logits': LOGITS, 'dropout': ('bits', 'hash'), 'loss_grad': ('recompute', 'forward'),
+           'remat': ('full', 'dots', 'dots_all')}
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -53,7 +56,7 @@ def parse_variants(text: str) -> list[dict]:
 def applied_options(wl: dict, options: dict) -> dict:
   """The --variants options this workload has (vocab_pad: decoder; loss_chunk, loss_grad: CLM;
   slab: MLM)."""
-  keep = {'mask', 'prng', 'reduce', 'logits', 'dropout'}
+  keep = {'mask', 'prng', 'reduce', 'logits', 'dropout', 'remat'}
   keep |= {'vocab_pad'} if wl['family'] == 'decoder' else set()
   keep |= {'loss_chunk', 'loss_grad'} if wl['objective'] == 'clm' else set()
   keep |= {'slab'} if wl['objective'] == 'mlm' else set()

@@ -51,7 +51,7 @@ from ptm_jax.tasks import finetune
 # Fields every member takes from the comparison config (the encoder size and precision).
 SHARED_MODEL_FIELDS = ('num_layers', 'num_encoder_layers', 'num_decoder_layers', 'embed_dim',
                        'num_heads', 'head_dim', 'mlp_dim', 'dtype', 'param_dtype', 'remat',
-                       'attention_impl')
+                       'remat_policy', 'attention_impl')
 # The position scheme is shared only among the encoder families, where `positions` means the same
 # thing ('learned' | 'rotary'); encdec ('relative' | 'learned') and decoder members keep their own.
 POSITION_FIELDS = ('positions', 'rope_theta')
@@ -261,7 +261,7 @@ def _run(config, workdir: str) -> dict[str, Any]:
   made: dict[str, dict[str, Any]] = {}
   stopped = False
   for i, (name, m) in enumerate(zip(names, units)):
-    key = records.fingerprint((m or reference).config, budget, tokenizer.vocab_size)
+    key = records.key((m or reference).config, budget, tokenizer.vocab_size)
     record = store.get(name, key)
     if record is None and (stopped or (run_only and name not in run_only)):
       continue

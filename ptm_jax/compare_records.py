@@ -13,9 +13,12 @@ machines can also run disjoint parts at once (`comparison.run_only`) into one re
 A record holds the fingerprint of what decides its numbers: the unit's resolved run config (the
 member's, with its step count; the baseline's is the reference member's), the budget and the
 vocabulary size, without the fields that only say where or how verbosely it runs (data dir, reader
-threads, logging, mesh). A record whose fingerprint differs from the planned unit's is refused
-with a one-line error that names the file: a result of another configuration never lands in the
-table. Each record also says where and when it was made (device kind, JAX version, UTC date), which
+threads, logging, mesh), and those settings themselves. A record whose settings differ from the
+planned unit's is refused with a one-line error that names the file and the first differing
+fields: a result of another configuration never lands in the table. A field the code gained after
+the record was made (the library grows between the sessions a comparison spans) matches when the
+planned unit leaves it at its default (`configs.base.base_config`, `tasks.finetune.DEFAULTS`),
+which by the project's rule for new options is the behaviour the record was made with. Each record also says where and when it was made (device kind, JAX version, UTC date), which
 the table prints, since a split comparison may run on more than one kind of machine. Every process
 of a multi-host run reads the records, so `records_dir` (like the workdir) must be on a file system
 they share.
@@ -27,11 +30,11 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: records keep their settings (1 kept only the fingerprint)
 RECORDS_SUBDIR = 'records'
 # Fields that do not change a unit's numbers: where data lives, how many reader threads, how often
 # it logs, how the devices are laid out (8 devices give the numbers of 1: tests/test_sharding.py).
@@ -49,12 +52,67 @@ def _strip(tree: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
   return out
 
 
+def _json(value: Any) -> Any:
+  """As a record stores it (tuples become lists, other objects strings)."""
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def settings(run_config, budget: float, vocab_size: int) -> dict[str, Any]:
+  """What decides a unit's numbers: its resolved run config (volatile fields dropped), budget and
+  vocabulary size, as stored in its record."""
+  return _json({'config': _strip(run_config.to_dict()), 'budget': float(budget),
+                'vocab_size': int(vocab_size)})
+
+
 def fingerprint(run_config, budget: float, vocab_size: int) -> str:
-  """Hash of a unit's resolved run config (volatile fields dropped), budget and vocabulary size."""
-  fields = {'config': _strip(run_config.to_dict()), 'budget': float(budget),
-            'vocab_size': int(vocab_size), 'version': RECORD_VERSION}
-  text = json.dumps(fields, sort_keys=True, default=str)
+  """Hash of `settings` (and the record version)."""
+  text = json.dumps(dict(settings(run_config, budget, vocab_size), version=RECORD_VERSION),
+                    sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class Key(NamedTuple):
+  """A planned unit's fingerprint, settings and the defaults of its config's fields."""
+
+  fingerprint: str
+  settings: dict[str, Any]
+  defaults: dict[str, Any]
+
+
+def key(run_config, budget: float, vocab_size: int) -> Key:
+  """The `Key` `Store.get` / `Store.put` match a unit's record by."""
+  from ptm_jax.configs import base  # here: configs imports what imports this module
+  from ptm_jax.tasks import finetune
+  model, objective = run_config.model, run_config.objective
+  defaults = base.base_config(model.family, model.variant, objective.name).to_dict()
+  defaults['downstream'] = dict(finetune.DEFAULTS)
+  return Key(fingerprint(run_config, budget, vocab_size),
+             settings(run_config, budget, vocab_size), {'config': _json(_strip(defaults))})
+
+
+def _leaves(tree: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  if not isinstance(tree, dict) or not tree:
+    return {path: tree}
+  return {p: v for k, sub in tree.items() for p, v in _leaves(sub, (*path, k)).items()}
+
+
+def differences(recorded: dict[str, Any], planned: dict[str, Any],
+                defaults: dict[str, Any]) -> list[str]:
+  """The settings paths where a record and a planned unit differ, as 'path: recorded -> planned';
+  a path only the planned unit has matches when it holds its default (a field added since)."""
+  r, p, d = _leaves(recorded), _leaves(planned), _leaves(defaults)
+  out = []
+  for path in sorted(set(r) | set(p)):
+    name = '.'.join(path)
+    if path in r and path in p:
+      if r[path] != p[path]:
+        out.append(f'{name}: {r[path]!r} -> {p[path]!r}')
+    elif path in p:
+      if path not in d or d[path] != p[path]:
+        out.append(f'{name}: (no such field) -> {p[path]!r}')
+    else:
+      out.append(f'{name}: {r[path]!r} -> (no such field)')
+  return out
 
 
 def where_and_when() -> dict[str, Any]:
@@ -73,8 +131,9 @@ class Store:
     if records_dir:
       self.dirs.append(os.path.abspath(os.path.expanduser(records_dir)))
 
-  def get(self, unit: str, expected: str) -> dict[str, Any] | None:
-    """The unit's record if one exists and matches `expected`; None if none exists.
+  def get(self, unit: str, expected: Key | str) -> dict[str, Any] | None:
+    """The unit's record if one exists and matches `expected` (a `Key`, or a bare fingerprint,
+    which must then be equal); None if none exists.
 
     A record found only beside the run (a unit finished before `records_dir` was set) is copied
     to `records_dir`, so that directory ends up holding the whole comparison.
@@ -89,19 +148,19 @@ class Store:
       except (OSError, ValueError) as e:
         raise ValueError(f'comparison record {path} is unreadable ({type(e).__name__}: {e}); '
                          'delete it to run that unit again') from None
-      if record.get('fingerprint') != expected:
-        raise ValueError(f'comparison record {path} was made with another configuration '
-                         f'(fingerprint {record.get("fingerprint")}, this run {expected}); move it '
-                         'away or point comparison.records_dir elsewhere')
+      _check_match(path, record, expected)
       if k and len(self.dirs) > 1:
         self._write(self.dirs[-1], unit, record)
       return record
     return None
 
-  def put(self, unit: str, expected: str, result: dict[str, Any] | None,
+  def put(self, unit: str, expected: Key | str, result: dict[str, Any] | None,
           rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
     """Writes the unit's record to every directory (process 0 only) and returns it."""
-    record = {'unit': unit, 'fingerprint': expected, 'version': RECORD_VERSION,
+    planned = expected if isinstance(expected, Key) else None
+    record = {'unit': unit, 'version': RECORD_VERSION,
+              'fingerprint': planned.fingerprint if planned else expected,
+              'settings': planned.settings if planned else None,
               'made': where_and_when(), 'result': result,
               # Run directories relative to the comparison's workdir: no machine's path is kept.
               'rows': [dict(r, workdir=os.path.relpath(r['workdir'], workdir))
@@ -119,6 +178,23 @@ class Store:
     with open(tmp, 'w', encoding='utf-8') as f:
       json.dump(record, f, indent=1, default=float)
     os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
+
+
+def _check_match(path: str, record: dict[str, Any], expected: Key | str) -> None:
+  """Raises the one-line error when the record at `path` is not the planned unit's."""
+  planned = expected if isinstance(expected, Key) else None
+  wanted = planned.fingerprint if planned else expected
+  if record.get('fingerprint') == wanted:
+    return
+  diffs = None
+  if planned and record.get('settings') and record.get('version') == RECORD_VERSION:
+    diffs = differences(record['settings'], planned.settings, planned.defaults)
+    if not diffs:  # made before fields were added that this unit leaves at their defaults
+      return
+  detail = (f'{len(diffs)} differing: {"; ".join(diffs[:3])}{"; ..." if len(diffs) > 3 else ""}'
+            if diffs else f'fingerprint {record.get("fingerprint")}, this run {wanted}')
+  raise ValueError(f'comparison record {path} was made with another configuration ({detail}); '
+                   'move it away or point comparison.records_dir elsewhere')
 
 
 class TimeBudget:

@@ -216,6 +216,35 @@ def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
     store.get('mlm', key)
 
 
+def test_records_outlive_fields_added_at_their_defaults(tmp_path):
+  """A record keeps its settings; one made before a field existed (the library grows between the
+  sessions a comparison spans) still matches while the planned unit leaves that field at its
+  default, and is refused, naming the field, once it does not; any other difference is named."""
+  import json
+  config = _comparison()
+  store = records.Store(str(tmp_path / 'work'))
+  planned = records.key(config, 1e12, VOCAB)
+  assert planned.fingerprint == records.fingerprint(config, 1e12, VOCAB)
+  store.put('mlm', planned, {'steps': 3}, [], str(tmp_path / 'work'))
+  assert store.get('mlm', planned)['result'] == {'steps': 3}
+  # The record as an older library wrote it: no remat_policy, no objective field slab_rows.
+  path = tmp_path / 'work' / 'records' / 'mlm.json'
+  record = json.loads(path.read_text())
+  assert record['settings']['config']['model']['remat_policy'] == 'full'
+  del record['settings']['config']['model']['remat_policy']
+  del record['settings']['config']['objective']['slab_rows']
+  record['fingerprint'] = 'older'
+  path.write_text(json.dumps(record))
+  assert store.get('mlm', planned)['result'] == {'steps': 3}
+  with pytest.raises(ValueError, match=r"1 differing: config\.model\.remat_policy: "
+                                       r"\(no such field\) -> 'dots'"):
+    store.get('mlm', records.key(_comparison(**{'model.remat_policy': 'dots'}), 1e12, VOCAB))
+  with pytest.raises(ValueError, match=r'config\.optim\.learning_rate: 0\.001 -> 0\.01'):
+    store.get('mlm', records.key(_comparison(**{'optim.learning_rate': 1e-2}), 1e12, VOCAB))
+  with pytest.raises(ValueError, match=r'budget: 1000000000000\.0 -> 2000000000000\.0'):
+    store.get('mlm', records.key(config, 2e12, VOCAB))
+
+
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
   # Three members with three different FLOPs per step (the plan and FLOP tests above cover all

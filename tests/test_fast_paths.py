@@ -225,6 +225,11 @@ def test_benchmark_variants_flag():
   assert corrupt_fn.keywords['options'].loss_grad_in_forward
   with pytest.raises(ValueError, match="loss_grad='fused'; use one of recompute, forward"):
     throughput.parse_variants('loss_grad=fused')
+  # remat=POLICY rematerialises every block of either family with that policy.
+  for workload in (wl, bert_wl):
+    model = throughput_ours._build(workload, dict(options=dict(remat='dots'), dropout=0.1,
+                                                  remat=False), None, 'float32')[0]
+    assert model.config.remat and model.config.remat_policy == 'dots'
   opts = args.variant_list[1]
   bert = throughput.workload_spec('bert_base', args)
   gpt = throughput.workload_spec('gpt2_small', args)

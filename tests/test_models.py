@@ -209,6 +209,63 @@ def test_remat_same_outputs_and_grads_finite_on_padding(family):
   jax.tree_util.tree_map(close_at_scale, g1, g2)
 
 
+def _saved_bytes(model, params, tokens, seg, pos):
+  """Bytes the backward pass keeps from the forward (the VJP's residuals)."""
+  f = lambda p: model.apply({'params': p}, tokens, segment_ids=seg, positions=pos)['logits']
+  return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(jax.vjp(f, params)[1]))
+
+
+def _remat_families():
+  """name -> (build(**config fields), apply(model, params, tokens, seg, pos) -> logits)."""
+  from ptm_jax.models import albert
+  stack = lambda m, p, t, s, q: m.apply({'params': p}, t, segment_ids=s, positions=q)['logits']
+  encdec = lambda m, p, t, s, q: m.apply({'params': p}, t, t, encoder_segment_ids=s,
+                                         decoder_segment_ids=s)['logits']
+  t5 = dict(vocab_size=97, embed_dim=32, num_heads=4, mlp_dim=64, num_encoder_layers=2,
+            num_decoder_layers=2)
+  return {
+      'gpt2': (FAMILIES['gpt2'], stack), 'bert': (FAMILIES['bert'], stack),
+      'albert': (lambda **kw: albert.Model(albert.Config(**{**TINY, 'embedding_size': 16, **kw})),
+                 stack),
+      't5': (lambda **kw: models.build('encdec', 't5_runlocal', **t5, **kw), encdec)}
+
+
+def test_remat_policies_keep_what_they_say_and_change_no_number():
+  """`remat_policy`: 'full' keeps the least, 'dots' the projections' outputs too, 'dots_all' the
+  attention scores as well, no remat everything; losses and gradients equal the plain model's
+  (every policy on GPT-2; 'dots' on BERT, ALBERT, T5); a bad name is a one-line error."""
+  tokens, seg, pos = _batch()
+  plain = FAMILIES['gpt2'](dropout_rate=0.0)
+  params = _init(plain, tokens, seg, pos)
+  saved = {policy: _saved_bytes(FAMILIES['gpt2'](dropout_rate=0.0, remat=True,
+                                                 remat_policy=policy), params, tokens, seg, pos)
+           for policy in ('full', 'dots', 'dots_all')}
+  assert saved['full'] < saved['dots'] < saved['dots_all'] < _saved_bytes(
+      plain, params, tokens, seg, pos), saved
+  for name, (build, apply) in _remat_families().items():
+    base = build(dropout_rate=0.0)
+    params = flax.core.meta.unbox(jax.eval_shape(
+        lambda: base.init(jax.random.key(0), tokens, tokens, encoder_segment_ids=seg,
+                          decoder_segment_ids=seg) if name == 't5'
+        else base.init(jax.random.key(0), tokens, segment_ids=seg, positions=pos))['params'])
+    rng = np.random.default_rng(1)
+    params = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype), params)
+    w = jax.random.normal(jax.random.key(3), apply(base, params, tokens, seg, pos).shape)
+    grad = lambda m: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda p: jnp.sum(apply(m, p, tokens, seg, pos) * w)))(params)
+    ref, ref_g = grad(base)
+    # Every policy on GPT-2; the others share its code path, and 'full' has its own test.
+    for policy in ('full', 'dots', 'dots_all') if name == 'gpt2' else ('dots',):
+      val, g = grad(build(dropout_rate=0.0, remat=True, remat_policy=policy))
+      np.testing.assert_allclose(val, ref, rtol=1e-5, err_msg=f'{name} {policy}')
+      jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+          a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max()))), g, ref_g)
+    with pytest.raises(ValueError, match="remat_policy='dots_only'; use one of full, dots, "
+                                         "dots_all"):
+      apply(build(remat_policy='dots_only'), params, tokens, seg, pos)
+
+
 def test_roberta_options():
   model = FAMILIES['bert'](type_vocab_size=0, position_offset=2, max_position_embeddings=18)
   tokens, seg, pos = _batch()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ptm_jax.layers import attention, mlp, moe, norms
@@ -179,21 +180,49 @@ class MoeEncoderDecoderBlock(EncoderDecoderBlock):
     return self._routed_feed_forward(x_BLD, valid_BL, deterministic)
 
 
-def block_class(remat: bool, moe_block: bool = False) -> type[Block] | type[MoeBlock]:
+# What a rematerialised block keeps from its forward pass for the backward (a family's
+# `remat_policy`, with `remat=True`); everything else is recomputed:
+#   'full': nothing but the block's inputs (the least memory, one more forward per block);
+#   'dots': the outputs of matmuls without batch dimensions, i.e. every projection (Q/K/V, the
+#           attention output, the MLP's) but not the attention scores, so the backward recomputes
+#           only elementwise work, norms and attention (MaxText's 'minimal'; the usual choice
+#           when activations, not matmuls, bound the batch);
+#   'dots_all': every matmul output, the attention scores and probabilities of the XLA path too.
+REMAT_POLICIES = {
+    'full': None,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'dots_all': jax.checkpoint_policies.dots_saveable,
+}
+
+
+def check_remat_policy(policy: str) -> None:
+  """One-line error for a `remat_policy` that is not one of `REMAT_POLICIES`."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={policy!r}; use one of {', '.join(REMAT_POLICIES)}")
+
+
+def remat(cls: type, static_argnums: tuple[int, ...], policy: str = 'full') -> type:
+  """`nn.remat(cls)` keeping what `policy` says (`REMAT_POLICIES`) for the backward."""
+  check_remat_policy(policy)
+  return nn.remat(cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])
+
+
+def block_class(remat_blocks: bool, moe_block: bool = False, policy: str = 'full'
+                ) -> type[Block] | type[MoeBlock]:
   """`Block` (or `MoeBlock`), or its rematerialised version (activations recomputed in the
-  backward pass)."""
+  backward pass but what `policy` keeps)."""
   cls = MoeBlock if moe_block else Block
-  if not remat:
+  if not remat_blocks:
     return cls
   # static_argnums counts `self`: (self, x, mask, rotary, deterministic, ...).
-  return nn.remat(cls, static_argnums=(4,))
+  return remat(cls, (4,), policy)
 
 
-def encoder_decoder_block_class(remat: bool, moe_block: bool = False
-                                ) -> type[EncoderDecoderBlock]:
+def encoder_decoder_block_class(remat_blocks: bool, moe_block: bool = False,
+                                policy: str = 'full') -> type[EncoderDecoderBlock]:
   """`EncoderDecoderBlock` (or `MoeEncoderDecoderBlock`), or its rematerialised version."""
   cls = MoeEncoderDecoderBlock if moe_block else EncoderDecoderBlock
-  if not remat:
+  if not remat_blocks:
     return cls
   # (self, x, mask, encoded, cross_mask, bias, deterministic, cache_index[, valid]).
-  return nn.remat(cls, static_argnums=(6,))
+  return remat(cls, (6,), policy)

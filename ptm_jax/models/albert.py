@@ -25,7 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ptm_jax.layers import attention, embeddings, masks, mlp, norms
+from ptm_jax.layers import attention, blocks, embeddings, masks, mlp, norms
 from ptm_jax.layers import dropout as dropout_lib
 from ptm_jax.layers import positions as positions_lib
 from ptm_jax.models.encoder import MLMHead, dtypes
@@ -60,6 +60,7 @@ class Config:
   param_dtype: Any = 'float32'
   logits_dtype: str = 'float32'  # MLM logits; or 'compute' (e.g. bf16): embeddings.LOGITS_DTYPES
   remat: bool = False
+  remat_policy: str = 'full'  # with remat: what each block keeps (layers.blocks.REMAT_POLICIES)
   attention_impl: str | None = None
 
   def __post_init__(self):
@@ -130,6 +131,7 @@ class Model(nn.Module):
   def setup(self):
     cfg = self.config
     dt = dtypes(cfg)
+    blocks.check_remat_policy(cfg.remat_policy)
     init = dict(init_stddev=cfg.initializer_range, **dt)
     self.token_embed = embeddings.Embed(cfg.vocab_size, cfg.embedding_size, **init)
     if cfg.positions == 'learned':
@@ -145,8 +147,8 @@ class Model(nn.Module):
     self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), **dense)
     attn_cls, ffn_cls = AttentionSublayer, FFNSublayer
     if cfg.remat:  # static_argnums counts self: (self, x, mask, rotary, det) / (self, x, det)
-      attn_cls = nn.remat(AttentionSublayer, static_argnums=(4,))
-      ffn_cls = nn.remat(FFNSublayer, static_argnums=(2,))
+      attn_cls = blocks.remat(AttentionSublayer, (4,), cfg.remat_policy)
+      ffn_cls = blocks.remat(FFNSublayer, (2,), cfg.remat_policy)
     if cfg.share in ('all', 'attention'):
       self.shared_attention = attn_cls(cfg)
     else:

@@ -57,6 +57,7 @@ class Config(moe.Fields):
   dtype: Any = 'float32'  # compute dtype
   param_dtype: Any = 'float32'
   remat: bool = False
+  remat_policy: str = 'full'  # with remat: what each block keeps (layers.blocks.REMAT_POLICIES)
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
   # How the causal × segment mask reaches the kernel (layers.masks.SegmentMask): 'dense' (any
   # rows), 'lengths' (one right-padded document per row: is_causal + lengths, cuDNN's fast path),
@@ -117,6 +118,7 @@ class Model(nn.Module):
   def setup(self):
     cfg = self.config
     dt = dtypes(cfg)
+    blocks.check_remat_policy(cfg.remat_policy)
     if cfg.positions not in ('learned', 'rotary', 'sinusoidal'):
       raise ValueError(f"unknown positions {cfg.positions!r}; known: learned, rotary, sinusoidal")
     if cfg.vocab_pad_multiple < 0:
@@ -134,7 +136,7 @@ class Model(nn.Module):
     out_std = (cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
                if cfg.scaled_residual_init else None)
     self.layers = [
-        blocks.block_class(cfg.remat, moe.is_moe_layer(cfg, i))(
+        blocks.block_class(cfg.remat, moe.is_moe_layer(cfg, i), cfg.remat_policy)(
           num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
           num_kv_heads=cfg.num_kv_heads, pre_norm=True, norm=cfg.norm,
           norm_eps=cfg.layer_norm_eps, mlp=cfg.mlp, activation=cfg.activation,

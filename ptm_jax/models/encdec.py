@@ -85,6 +85,7 @@ class Config(moe.Fields):
   param_dtype: Any = 'float32'
   logits_dtype: str = 'float32'  # or 'compute' (e.g. bf16 logits): embeddings.LOGITS_DTYPES
   remat: bool = False
+  remat_policy: str = 'full'  # with remat: what each block keeps (layers.blocks.REMAT_POLICIES)
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
 
   @property
@@ -153,6 +154,7 @@ class _Init:
 
 def _check(cfg: Config) -> None:
   moe.check(cfg)
+  blocks.check_remat_policy(cfg.remat_policy)
   if cfg.positions not in ('relative', 'learned'):
     raise ValueError(f"unknown positions {cfg.positions!r}; known: 'relative', 'learned'")
   if cfg.norm not in ('rmsnorm', 'layernorm'):
@@ -213,11 +215,13 @@ class Model(nn.Module):
                  attention_impl=cfg.attention_impl, **dt)
     routed = lambda i: moe.is_moe_layer(cfg, i)  # noqa: E731
     moe_kw = lambda i: moe.block_kwargs(cfg) if routed(i) else {}  # noqa: E731
-    self.encoder_layers = [blocks.block_class(cfg.remat, routed(i))(**layer, **moe_kw(i))
-                           for i in range(cfg.num_encoder_layers)]
-    self.decoder_layers = [
-        blocks.encoder_decoder_block_class(cfg.remat, routed(i))(**layer, **moe_kw(i))
-        for i in range(cfg.num_decoder_layers)]
+    self.encoder_layers = [
+        blocks.block_class(cfg.remat, routed(i), cfg.remat_policy)(**layer, **moe_kw(i))
+        for i in range(cfg.num_encoder_layers)]
+    decoder_block = lambda i: blocks.encoder_decoder_block_class(  # noqa: E731
+        cfg.remat, routed(i), cfg.remat_policy)
+    self.decoder_layers = [decoder_block(i)(**layer, **moe_kw(i))
+                           for i in range(cfg.num_decoder_layers)]
     if not cfg.tie_embeddings:
       # float32 logits without upcasting the [D, V] kernel; backward in the compute dtype.
       self.lm_head = embeddings.VocabProjection(

@@ -66,6 +66,7 @@ class Config:
   param_dtype: Any = 'float32'
   logits_dtype: str = 'float32'  # MLM logits; or 'compute' (e.g. bf16): embeddings.LOGITS_DTYPES
   remat: bool = False
+  remat_policy: str = 'full'  # with remat: what each block keeps (layers.blocks.REMAT_POLICIES)
   attention_impl: str | None = None  # None/'xla'/'cudnn' for jax.nn.dot_product_attention
   # How the padding × segment mask reaches the kernel (layers.masks.SegmentMask): 'dense' (any
   # rows), 'lengths' (one right-padded document per row: sequence lengths, cuDNN's fast path),
@@ -162,6 +163,7 @@ class Model(nn.Module):
   def setup(self):
     cfg = self.config
     dt = dtypes(cfg)
+    blocks.check_remat_policy(cfg.remat_policy)
     width = cfg.resolved_embedding_size
     self.token_embed = embeddings.Embed(cfg.vocab_size, width,
                                         init_stddev=cfg.initializer_range, **dt)
@@ -184,7 +186,7 @@ class Model(nn.Module):
     if width != cfg.embed_dim:  # (None, 'embed'): E and H must not both map to one mesh axis
       self.embed_project = mlp.dense(cfg.embed_dim, (None, 'embed'), use_bias=True,
                                      stddev=cfg.initializer_range, **dt)
-    block = blocks.block_class(cfg.remat)
+    block = blocks.block_class(cfg.remat, policy=cfg.remat_policy)
     self.decode_cache = attention.DecodeCache()  # only used (and only has state) with use_cache
     self.layers = [
         block(num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, mlp_dim=cfg.mlp_dim,
