@@ -4,7 +4,7 @@ Claim: a real pretrained encoder, imported from its HF safetensors (Wang et al. 
 Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers"; the
 sentence-transformers all-MiniLM-L6-v2 checkpoint: 6 layers, width 384, 12 heads, uncased 30,522
 WordPiece vocab), fine-tunes on Rotten Tomatoes sentiment well above the quickstart's in-house
-pretrained encoder and its random-init copy (README: test 0.748 and 0.728 after up to 900 packed
+pretrained encoder and its random-init copy (README: test 0.753 and 0.728 after up to 900 packed
 steps), under the quickstart's earlier, smaller fine-tuning budget (300 steps of 32 unpacked rows of
 64 tokens, mean pooling, eval every 50 steps, test accuracy at the best dev evaluation, 2 seeds; the
 quickstart moved to 900 steps with early stopping and packed rows on 2026-11-24, and at ~30 min per
