@@ -25,16 +25,10 @@ from ptm_jax.interop import hf as interop_hf, maps
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.layers import attention, masks
 from ptm_jax.objectives import clm
+from row_layouts import L, PACKED, PADDED
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
-L = 16
-# Row layouts: single documents (one unpadded, two right-padded), and packed documents (one row
-# without padding, one with, one single document + padding).
-PADDED = (np.arange(L)[None, :] < np.array([[L], [11], [3]])).astype(np.int32)
-PACKED = np.array([[1] * 5 + [2] * 7 + [3] * 4,
-                   [1] * 3 + [2] * 2 + [3] * 6 + [0] * 5,
-                   [1] * 9 + [0] * 7], np.int32)
 LAYOUTS = {'padded': PADDED, 'packed': PACKED}
 
 

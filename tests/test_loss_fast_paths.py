@@ -21,16 +21,9 @@ import pytest
 from ptm_jax import models
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.objectives import bart, clm, common, mass, prefix_lm, span_corruption
+from row_layouts import L, PACKED, PADDED
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-L = 16
-# One unpadded and two right-padded rows; packed documents (with and without padding).
-PADDED = (np.arange(L)[None, :] < np.array([[L], [11], [3]])).astype(np.int32)
-PACKED = np.array([[1] * 5 + [2] * 7 + [3] * 4,
-                   [1] * 3 + [2] * 2 + [3] * 6 + [0] * 5,
-                   [1] * 9 + [0] * 7], np.int32)
-
 
 @pytest.mark.parametrize('grad_in_forward', [False, True])
 @pytest.mark.parametrize('chunk', [5, 16])
