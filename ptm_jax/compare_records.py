@@ -18,8 +18,9 @@ planned unit's is refused with a one-line error that names the file and the firs
 fields: a result of another configuration never lands in the table. A field the code gained after
 the record was made (the library grows between the sessions a comparison spans) matches when the
 planned unit leaves it at its default (`configs.base.base_config`, `tasks.finetune.DEFAULTS`),
-which by the project's rule for new options is the behaviour the record was made with. Each record also says where and when it was made (device kind, JAX version, UTC date), which
-the table prints, since a split comparison may run on more than one kind of machine. Every process
+which by the project's rule for new options is the behaviour the record was made with. Each
+record also says where and when it was made (device kind, JAX version, UTC date), which the table
+prints, since a split comparison may run on more than one kind of machine. Every process
 of a multi-host run reads the records, so `records_dir` (like the workdir) must be on a file system
 they share.
 """

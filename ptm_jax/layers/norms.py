@@ -6,8 +6,9 @@ normalised row from them. Autodiff of the same forward keeps three float32 `[...
 norm (the centred input, its square's factor and the normalised row: 12 bytes per element where
 the input is 2), which every training step writes in the forward and reads back in the backward:
 GPT-2 small has 25 norms over 16 x 1024 x 768 elements, ~3 GB each way per step. PyTorch's fused
-layer_norm keeps the same (input, mean, rstd). Forward values are the autodiff path's bit for bit;
-gradients equal autodiff's to float32 rounding (tests/test_layers.py).
+layer_norm keeps the same (input, mean, rstd). The forward runs the same operations as before
+(equal bit for bit op by op; inside a jitted step XLA may fuse them differently), and gradients
+equal autodiff's to float32 rounding (tests/test_layers.py).
 """
 from __future__ import annotations
 
@@ -74,13 +75,9 @@ def layer_norm(x_BLD, scale_D, bias_D, epsilon: float, dtype, centre: bool = Tru
 
 
 def _stats(x32, epsilon: float, centre: bool):
-  """(mean or 0, 1 / std) per row, `[..., 1]` float32; the same operations as the reference."""
-  if centre:
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  else:
-    mean = jnp.zeros(x32.shape[:-1] + (1,), jnp.float32)
-    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  """(mean, or None without centring; 1 / std) per row, `[..., 1]` float32."""
+  mean = jnp.mean(x32, axis=-1, keepdims=True) if centre else None
+  var = jnp.mean(jnp.square(x32 - mean if centre else x32), axis=-1, keepdims=True)
   return mean, jnp.reciprocal(jnp.sqrt(var + epsilon))
 
 
@@ -104,7 +101,8 @@ def _norm_bwd(epsilon, dtype, centre, residuals, g_BLD):
   x_BLD, mean, rstd, scale_D, bias_D = residuals
   rows = tuple(range(g_BLD.ndim - 1))
   g32 = g_BLD.astype(jnp.float32)
-  xhat = (x_BLD.astype(jnp.float32) - mean) * rstd
+  x32 = x_BLD.astype(jnp.float32)
+  xhat = ((x32 - mean) if centre else x32) * rstd
   g_xhat = g32 * _lift(scale_D, g32.ndim)
   # d xhat / dx projects out the directions the statistics remove: the mean (LayerNorm only)
   # and xhat itself (the scale).
