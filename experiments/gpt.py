@@ -33,11 +33,10 @@ def get_config(arg: str = "runlocal"):
   # each equals the plain path, tests/test_loss_fast_paths.py): the vocabulary padded to a
   # multiple of 128, the loss in chunks of 256 positions without [B, L, V] float32 logits, and
   # the output layer's gradient formed in the forward pass.
-  config.model.vocab_pad_multiple = 128
-  config.objective.update(loss_chunk_size=256, loss_grad_in_forward=True)
-  if variant.endswith("runlocal"):
-    config.model.vocab_pad_multiple = 0
-    config.objective.update(loss_chunk_size=0, loss_grad_in_forward=False)
+  if not variant.endswith("runlocal"):
+    config.model.vocab_pad_multiple = 128
+    config.objective.update(loss_chunk_size=256, loss_grad_in_forward=True)
+  else:
     config.model.dtype = "float32"
     config.data.seq_len = 128
     config.data.tokenizer.update(vocab_size=8000, model_type="bpe")

@@ -132,9 +132,8 @@ class Store:
     if records_dir:
       self.dirs.append(os.path.abspath(os.path.expanduser(records_dir)))
 
-  def get(self, unit: str, expected: Key | str) -> dict[str, Any] | None:
-    """The unit's record if one exists and matches `expected` (a `Key`, or a bare fingerprint,
-    which must then be equal); None if none exists.
+  def get(self, unit: str, expected: Key) -> dict[str, Any] | None:
+    """The unit's record if one exists and matches `expected`; None if none exists.
 
     A record found only beside the run (a unit finished before `records_dir` was set) is copied
     to `records_dir`, so that directory ends up holding the whole comparison.
@@ -155,13 +154,11 @@ class Store:
       return record
     return None
 
-  def put(self, unit: str, expected: Key | str, result: dict[str, Any] | None,
+  def put(self, unit: str, expected: Key, result: dict[str, Any] | None,
           rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
     """Writes the unit's record to every directory (process 0 only) and returns it."""
-    planned = expected if isinstance(expected, Key) else None
-    record = {'unit': unit, 'version': RECORD_VERSION,
-              'fingerprint': planned.fingerprint if planned else expected,
-              'settings': planned.settings if planned else None,
+    record = {'unit': unit, 'version': RECORD_VERSION, 'fingerprint': expected.fingerprint,
+              'settings': expected.settings,
               'made': where_and_when(), 'result': result,
               # Run directories relative to the comparison's workdir: no machine's path is kept.
               'rows': [dict(r, workdir=os.path.relpath(r['workdir'], workdir))
@@ -181,19 +178,18 @@ class Store:
     os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
 
 
-def _check_match(path: str, record: dict[str, Any], expected: Key | str) -> None:
+def _check_match(path: str, record: dict[str, Any], expected: Key) -> None:
   """Raises the one-line error when the record at `path` is not the planned unit's."""
-  planned = expected if isinstance(expected, Key) else None
-  wanted = planned.fingerprint if planned else expected
-  if record.get('fingerprint') == wanted:
+  if record.get('fingerprint') == expected.fingerprint:
     return
   diffs = None
-  if planned and record.get('settings') and record.get('version') == RECORD_VERSION:
-    diffs = differences(record['settings'], planned.settings, planned.defaults)
+  if record.get('settings') and record.get('version') == RECORD_VERSION:
+    diffs = differences(record['settings'], expected.settings, expected.defaults)
     if not diffs:  # made before fields were added that this unit leaves at their defaults
       return
   detail = (f'{len(diffs)} differing: {"; ".join(diffs[:3])}{"; ..." if len(diffs) > 3 else ""}'
-            if diffs else f'fingerprint {record.get("fingerprint")}, this run {wanted}')
+            if diffs else f'fingerprint {record.get("fingerprint")}, this run '
+            f'{expected.fingerprint}')
   raise ValueError(f'comparison record {path} was made with another configuration ({detail}); '
                    'move it away or point comparison.records_dir elsewhere')
 

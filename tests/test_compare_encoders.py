@@ -191,7 +191,7 @@ def test_time_budget_starts_a_unit_only_if_the_longest_so_far_still_fits():
 def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
   config = _comparison()
   store = records.Store(str(tmp_path / 'work'), str(tmp_path / 'rec'))
-  key = records.fingerprint(config, 1e12, VOCAB)
+  key = records.key(config, 1e12, VOCAB)
   assert store.get('mlm', key) is None
   row = {'task': 'rt_sentiment', 'workdir': str(tmp_path / 'work' / 'mlm' / 'rt_sentiment')}
   store.put('mlm', key, {'steps': 3}, [row], str(tmp_path / 'work'))
@@ -203,12 +203,12 @@ def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
   assert os.path.exists(tmp_path / 'later' / 'mlm.json')
   # Where the data lives or how the devices are laid out does not change the numbers ...
   moved = _comparison(**{'data.data_dir': '/elsewhere', 'mesh.preset': 'fsdp'})
-  assert records.fingerprint(moved, 1e12, VOCAB) == key
+  assert records.fingerprint(moved, 1e12, VOCAB) == key.fingerprint
   # ... the optimizer, the budget and the vocabulary do.
   other = _comparison(**{'optim.learning_rate': 1e-2})
-  for changed in (records.fingerprint(other, 1e12, VOCAB), records.fingerprint(config, 2e12, VOCAB),
-                  records.fingerprint(config, 1e12, VOCAB + 1)):
-    assert changed != key
+  for changed in (records.key(other, 1e12, VOCAB), records.key(config, 2e12, VOCAB),
+                  records.key(config, 1e12, VOCAB + 1)):
+    assert changed.fingerprint != key.fingerprint
     with pytest.raises(ValueError, match='another configuration'):
       store.get('mlm', changed)
   (tmp_path / 'rec' / 'mlm.json').write_text('{"unit": "ml')
