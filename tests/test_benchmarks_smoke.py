@@ -203,3 +203,16 @@ def test_gpu_session_script_parses_and_its_variants_exist():
   new = text.split('NEW="$BEST', 1)[1].split('"', 1)[0].replace("$SLAB", "32")
   (a, b) = throughput.parse_variants(f"{best};{best}{new}")
   assert set(b) - set(a) == {"logits", "dropout", "loss_grad", "slab"}
+
+
+def test_remat_policies_benchmark_counts_what_each_policy_recomputes(tmp_path):
+  import remat_policies
+  out = tmp_path / "remat.json"
+  results = remat_policies.main(["--layers", "2", "--rows", "2", "--length", "32", "--vocab",
+                                 "300", "--width", "64", "--repeats", "1", "--json", str(out)])
+  flops = {r["row"]: r["tflop"] for r in results}
+  assert list(flops) == list(remat_policies.ROWS)
+  # Recomputation costs FLOPs in this order; the norm's backward changes no matmul.
+  assert flops["none"] < flops["dots_all"] <= flops["dots"] < flops["full"]
+  assert flops["none,autodiff_norm"] == pytest.approx(flops["none"], rel=0.05)
+  assert json.loads(out.read_text())["results"][0]["row"] == "none"
