@@ -25,7 +25,9 @@ vocabulary projection where the objective computes it; scored_positions='expecte
 decoder over its fragment and UniLM/GLM's vocabulary projection at the masked tokens); every member
 runs floor(budget / its FLOPs per step) steps. Fine-tuning (tasks/generation.py): the family's
 seq2seq form, dev-loss selection, decoding (beam 4, length penalty 0.6; greedy for `runlocal`),
-ROUGE-1/2/L F on the held-out test articles (their text and titles are not in `news_en`).
+ROUGE-1/2/L F on the held-out test articles (their text and titles are not in `news_en`), and the
+teacher-forced test loss of their titles at the selected step (it ranks the inits where decoding
+has not learned to condition on the article yet, as at the `cpu` size).
 The random-init baseline is the reference (`t5`) architecture.
 
   python -m ptm_jax.main --config experiments/compare_seq2seq.py:runlocal --workdir runs/s2s

@@ -27,6 +27,9 @@ def output_name(config) -> str:
 
 
 ROUGE_COLUMNS = (('rouge1', 'ROUGE-1'), ('rouge2', 'ROUGE-2'), ('rougeL', 'ROUGE-L'))
+# A generation task's teacher-forced test loss (label-smoothed as its training) at the selected
+# step: it ranks the inits where decoding has not yet learned to condition on the article.
+LOSS_COLUMN = ('loss', 'test loss')
 
 
 def _stats(values) -> dict[str, float]:
@@ -37,7 +40,7 @@ def _stats(values) -> dict[str, float]:
 def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
   """{member: {task: {mean, std, n, dev_mean, metric}}} of the test score at the selected
   evaluation (accuracy; entity F1 for tagging; ROUGE-L F for generation, whose entries also hold
-  rouge1 / rouge2 / rougeL: {mean, std})."""
+  rouge1 / rouge2 / rougeL and the teacher-forced test loss: {mean, std})."""
   out: dict[str, dict[str, dict[str, Any]]] = {}
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in rows:
@@ -48,19 +51,22 @@ def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
     dev = [r.get('dev_score', r['dev_accuracy']) for r in rs]
     entry = dict(_stats(test), n=len(rs), dev_mean=float(np.mean(dev)),
                  metric=rs[0].get('metric', 'accuracy'))
-    for key, _ in ROUGE_COLUMNS:
-      if f'test_{key}' in rs[0]:
-        entry[key] = _stats([r[f'test_{key}'] for r in rs])
+    for key, _ in (*ROUGE_COLUMNS, LOSS_COLUMN):
+      # Records made before the test loss was read lack it (or hold NaN): 'n/a', not a NaN mean.
+      values = [r.get(f'test_{key}', float('nan')) for r in rs]
+      if f'test_{key}' in rs[0] and all(np.isfinite(values)):
+        entry[key] = _stats(values)
     out.setdefault(member, {})[task] = entry
   return out
 
 
 def _columns(tasks: list[str]) -> list[tuple[str, str, str | None]]:
-  """(header, task, key) per score column: a task's score, or ROUGE-1/2/L of a generation task."""
+  """(header, task, key) per score column: a task's score, or ROUGE-1/2/L and the test loss of a
+  generation task."""
   cols = []
   for task in tasks:
     if downstream.task_info(task).kind == 'generation':
-      cols += [(f'{task} {label}', task, key) for key, label in ROUGE_COLUMNS]
+      cols += [(f'{task} {label}', task, key) for key, label in (*ROUGE_COLUMNS, LOSS_COLUMN)]
     else:
       cols.append((task, task, None))
   return cols
@@ -103,7 +109,9 @@ def _score_text(config, tasks: list[str]) -> str:
                  f'{finetune.downstream_field(config, "length_penalty")}')
     examples = int(finetune.downstream_field(config, 'generation_examples'))
     parts.append(f'ROUGE-1/2/L F of the titles decoded ({decode}) at the lowest-dev-loss '
-                 f'evaluation, {"the first " + str(examples) if examples else "all"} test articles')
+                 f'evaluation, {"the first " + str(examples) if examples else "all"} test articles, '
+                 'and the teacher-forced test loss of the titles there (label-smoothed as in '
+                 'training; lower is better)')
   return '; '.join(parts)
 
 
@@ -189,15 +197,8 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
   return '\n'.join(lines)
 
 
-def plot(members: list, results, accuracy, tasks: list[str], out_png: str) -> str:
-  """Bar plot: test score per objective and task (± std), and pretraining steps per objective."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  names = ['random', *[m.name for m in members]]
-  cols = _columns(tasks)
-  fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 7.5), dpi=110)
-  FigureCanvasAgg(fig)
-  ax, ax_steps = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+def _bars(ax, names, accuracy, cols) -> None:
+  """Grouped bars of each column's mean ± std per member; dotted: the random-init baseline."""
   x = np.arange(len(names), dtype=np.float64)
   width = 0.8 / max(len(cols), 1)
   for j, (header, task, key) in enumerate(cols):
@@ -209,12 +210,39 @@ def plot(members: list, results, accuracy, tasks: list[str], out_png: str) -> st
     base = (_score(accuracy, 'random', task, key) or {}).get('mean')
     if base is not None:
       ax.axhline(base, color=f'C{j}', linestyle=':', linewidth=1)
-  generation = any(key for _, _, key in cols)
   ax.set_xticks(x, names, rotation=20)
-  ax.set_ylabel('test score (ROUGE F / accuracy)' if generation else 'test accuracy (best dev)')
-  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init)')
   ax.legend(fontsize='small')
   ax.grid(True, axis='y', alpha=0.3)
+
+
+def plot(members: list, results, accuracy, tasks: list[str], out_png: str) -> str:
+  """Bar plot: test score per objective and task (± std), a generation task's test loss, and
+  pretraining steps per objective."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  names = ['random', *[m.name for m in members]]
+  cols = _columns(tasks)
+  loss_cols = [c for c in cols if c[2] == LOSS_COLUMN[0]]
+  score_cols = [c for c in cols if c[2] != LOSS_COLUMN[0]]
+  panels = 3 if loss_cols else 2
+  fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 3.75 * panels), dpi=110)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(panels, 1, 1)
+  _bars(ax, names, accuracy, score_cols)
+  generation = bool(loss_cols)
+  ax.set_ylabel('test score (ROUGE F / accuracy)' if generation else 'test accuracy (best dev)')
+  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init)')
+  if loss_cols:
+    ax_loss = fig.add_subplot(panels, 1, 2)
+    _bars(ax_loss, names, accuracy, loss_cols)
+    ax_loss.set_ylabel('test loss (teacher-forced)')
+    ax_loss.set_title('title loss at the selected step, lower is better (dotted: random init)')
+    finite = [s['mean'] for n in names for _, task, key in loss_cols
+              if (s := _score(accuracy, n, task, key))]
+    if finite:  # the losses differ by tenths of a nat: start the axis near them, not at 0
+      spread = max(finite) - min(finite)
+      ax_loss.set_ylim(min(finite) - spread - 0.05, max(finite) + spread + 0.05)
+  ax_steps = fig.add_subplot(panels, 1, panels)
   steps = [results.get(m.name, {}).get('steps', 0) for m in members]
   ax_steps.bar(np.arange(len(members)), steps, color='tab:gray')
   for i, s in enumerate(steps):

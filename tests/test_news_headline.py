@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from ptm_jax import configs, decoding, models
+from ptm_jax import metrics as metrics_lib
 from ptm_jax import run as run_lib
 from ptm_jax.data import sources
 from ptm_jax.data.sources import downstream, news_en, news_headline
@@ -313,6 +314,15 @@ def test_generation_finetune_end_to_end(data_dir, tmp_path):
       for key in generation.ROUGE_KEYS:
         assert 0.0 <= r[f'{split}_{key}'] <= 1.0
     assert r['test_score'] == r['test_rougeL'] and np.isfinite(r['dev_loss'])
+    # The teacher-forced test loss is the one read at the selected (lowest dev loss) evaluation;
+    # the test split is read only at evaluations that set a new best dev loss.
+    with open(os.path.join(r['workdir'], metrics_lib.JSONL_NAME)) as f:
+      evals = [e for e in map(json.loads, f) if 'eval/loss' in e]
+    assert [e['step'] for e in evals] == [3, 6]
+    selected = next(e for e in evals if e['step'] == r['best_step'])
+    assert r['test_loss'] == selected['test/loss'] > 0.0 and selected['test/num_targets'] > 0
+    assert r['test_token_accuracy'] == selected['test/accuracy']
+    assert ('test/loss' in evals[1]) == (evals[1]['eval/loss'] < evals[0]['eval/loss'])
     with open(os.path.join(r['workdir'], 'generations_test.jsonl')) as f:
       generated = [json.loads(line) for line in f]
     assert len(generated) == 16 and all(g['reference'] for g in generated)
@@ -321,7 +331,7 @@ def test_generation_finetune_end_to_end(data_dir, tmp_path):
   with open(os.path.join(workdir, 'downstream.json')) as f:
     assert len(json.load(f)) == 2
   report = open(os.path.join(workdir, 'report.md')).read()
-  assert '## Generation' in report and 'test ROUGE-L' in report
+  assert '## Generation' in report and 'test ROUGE-L' in report and 'test loss' in report
   # A rerun reuses the decoded scores (generation.json) instead of decoding again.
   again = run_lib.run(config, workdir)['downstream']['rows']
   assert [r['test_rougeL'] for r in again] == [r['test_rougeL'] for r in rows]

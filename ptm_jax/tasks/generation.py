@@ -86,7 +86,10 @@ def configure(ft, config, field) -> None:
       raise ValueError(f'{form} rows need {longest} positions but model.max_position_embeddings='
                        f'{model.max_position_embeddings}; lower downstream.seq_len/target_len')
   steps, every = int(ft.train.steps), int(ft.train.eval_every)
-  ft.train.test_split = ''  # the test split is scored by decoding, once, at the selected step
+  # Decoding (ROUGE) scores the test split once, at the selected step; the teacher-forced test
+  # loss and token accuracy are read beside the dev loss at each new best (train.py's test_at
+  # 'best'): a title likelihood that tells inits apart even where decoding collapses to one string.
+  ft.train.test_split = 'test'
   ft.train.early_stop_metric = 'eval/loss'
   ft.train.checkpoint_every = every  # each evaluation's parameters can be the selected ones
   ft.train.keep_checkpoints = steps // every + 2
@@ -270,7 +273,8 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
   row = {'task': task, 'init': init, 'seed': int(seed), 'metric': 'rougeL', 'curve_metric': 'loss',
          'form': str(ft.data.generation_form), 'steps': int(result.step),
          'wall_time_s': float(result.wall_time_s), 'workdir': run_dir,
-         'preempted': bool(result.preempted), 'best_step': 0, 'dev_loss': nan,
+         'preempted': bool(result.preempted), 'best_step': 0, 'dev_loss': nan, 'test_loss': nan,
+         'test_token_accuracy': nan,
          'dev_score': nan, 'test_score': nan, 'dev_accuracy': nan, 'test_accuracy': nan,
          **{f'{s}_{k}': nan for s in ('dev', 'test') for k in ROUGE_KEYS}}
   best = select_lowest_loss(_eval_history(result, run_dir))
@@ -311,6 +315,8 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
         json.dump({'settings': settings, 'scores': scores}, f, indent=1)
   row.update(best_step=int(best['step']), dev_loss=float(best['eval/loss']),
              dev_accuracy=float(best.get('eval/accuracy', nan)),
+             test_loss=float(best.get('test/loss', nan)),
+             test_token_accuracy=float(best.get('test/accuracy', nan)),
              dev_score=scores.get('validation', {}).get('rougeL', nan),
              test_score=scores['test']['rougeL'],
              examples=scores['test']['examples'], decode=f'{options.strategy}'
@@ -319,9 +325,9 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
              wall_time_s=row['wall_time_s'] + time.time() - t0,
              **{f'dev_{k}': scores.get('validation', {}).get(k, nan) for k in ROUGE_KEYS},
              **{f'test_{k}': scores['test'][k] for k in ROUGE_KEYS})
-  logging.info('generation %s/%s/seed%d: best dev loss %.4f at step %d, test ROUGE-1/2/L '
-               '%.4f/%.4f/%.4f', task, init, seed, row['dev_loss'], row['best_step'],
-               row['test_rouge1'], row['test_rouge2'], row['test_rougeL'])
+  logging.info('generation %s/%s/seed%d: best dev loss %.4f at step %d (test loss %.4f), test '
+               'ROUGE-1/2/L %.4f/%.4f/%.4f', task, init, seed, row['dev_loss'], row['best_step'],
+               row['test_loss'], row['test_rouge1'], row['test_rouge2'], row['test_rougeL'])
   return row
 
 
@@ -339,15 +345,19 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     return ''
   lines = ['## Generation', '',
            'ROUGE F-measures (rouge-score, stemmed) of the generated titles at the evaluation with '
-           'the lowest dev loss; mean ± sample std over seeds.', '',
-           '| task | init | seeds | form | decoding | dev loss | dev ROUGE-L | test ROUGE-1 | '
-           'test ROUGE-2 | test ROUGE-L | test examples |', '|---|' + '---|' * 10]
+           'the lowest dev loss, and the teacher-forced test loss (label-smoothed as in training) '
+           'and token accuracy there; mean ± sample std over seeds.', '',
+           '| task | init | seeds | form | decoding | dev loss | test loss | test token acc. | '
+           'dev ROUGE-L | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | test examples |',
+           '|---|' + '---|' * 12]
   groups: dict[tuple[str, str], list[dict]] = {}
   for r in rows:
     groups.setdefault((r['task'], r['init']), []).append(r)
   for (task, init), rs in groups.items():
     lines.append(f'| {task} | {init} | {len(rs)} | {rs[0]["form"]} | {rs[0].get("decode", "")} | '
                  f'{_mean_std([r["dev_loss"] for r in rs])} | '
+                 f'{_mean_std([r.get("test_loss", math.nan) for r in rs])} | '
+                 f'{_mean_std([r.get("test_token_accuracy", math.nan) for r in rs])} | '
                  f'{_mean_std([r["dev_rougeL"] for r in rs])} | '
                  + ' | '.join(_mean_std([r[f'test_{k}'] for r in rs]) for k in ROUGE_KEYS)
                  + f' | {rs[0].get("examples", 0)} |')
