@@ -148,10 +148,14 @@ def test_members_share_the_position_scheme():
 
 @pytest.mark.parametrize('arg', ['cpu', 'gpu'])
 def test_larger_sizes_plan(arg):
-  members, _ = compare.plan(_comparison(arg), 8000)
+  config = _comparison(arg)
+  members, _ = compare.plan(config, 8000)
   steps = {m.name: m.steps for m in members}
-  assert steps['mlm'] == _comparison(arg).comparison.reference_steps
+  assert steps['mlm'] == config.comparison.reference_steps
   assert steps['electra'] < steps['mlm'] < steps['albert']
+  # Every member pretrains on the one corpus (the cpu size: news + the task's unlabelled text).
+  assert {m.config.data.source for m in members} == {config.data.source}
+  assert ('rt_sentiment' in config.data.source) == (arg == 'cpu')
 
 
 def test_compilation_cache_block_writes_there_and_restores(tmp_path):
