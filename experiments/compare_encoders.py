@@ -30,8 +30,9 @@ random-init baseline is trained once per task and seed, as the shared floor.
 seed), `cpu` (2 layers, 128 wide, the quickstart's pretraining: 1,200 MLM steps on news + the
 rt_sentiment text; 75 minutes on 2 CPU cores; its records are in results/compare_encoders_cpu),
 `gpu` (ELECTRA-Small's shape: 12 layers, 256 wide, 4 heads; bf16; rotary positions; 6,000 MLM
-steps of 128 x 128 tokens = 37 epochs of news_en; 3 seeds). Writes `compare_encoders.md`, `compare_encoders.png`
-and `compare_encoders.json` in the workdir; a rerun of the same command resumes.
+steps of 128 x 128 tokens = 37 epochs of news_en; 3 seeds). Writes `compare_encoders.md`,
+`compare_encoders.png` and `compare_encoders.json` in the workdir; a rerun of the same command
+resumes.
 """
 import ml_collections
 

@@ -54,7 +54,7 @@ def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
     for key, _ in (*ROUGE_COLUMNS, LOSS_COLUMN):
       # Records made before the test loss was read lack it (or hold NaN): 'n/a', not a NaN mean.
       values = [r.get(f'test_{key}', float('nan')) for r in rs]
-      if f'test_{key}' in rs[0] and all(np.isfinite(values)):
+      if all(np.isfinite(values)):
         entry[key] = _stats(values)
     out.setdefault(member, {})[task] = entry
   return out
@@ -108,10 +108,10 @@ def _score_text(config, tasks: list[str]) -> str:
       decode += (f' {finetune.downstream_field(config, "num_beams")}, length penalty '
                  f'{finetune.downstream_field(config, "length_penalty")}')
     examples = int(finetune.downstream_field(config, 'generation_examples'))
+    articles = f'the first {examples}' if examples else 'all'
     parts.append(f'ROUGE-1/2/L F of the titles decoded ({decode}) at the lowest-dev-loss '
-                 f'evaluation, {"the first " + str(examples) if examples else "all"} test articles, '
-                 'and the teacher-forced test loss of the titles there (label-smoothed as in '
-                 'training; lower is better)')
+                 f'evaluation, {articles} test articles, and the teacher-forced test loss of the '
+                 'titles there (label-smoothed as in training; lower is better)')
   return '; '.join(parts)
 
 

@@ -86,10 +86,10 @@ def configure(ft, config, field) -> None:
       raise ValueError(f'{form} rows need {longest} positions but model.max_position_embeddings='
                        f'{model.max_position_embeddings}; lower downstream.seq_len/target_len')
   steps, every = int(ft.train.steps), int(ft.train.eval_every)
-  # Decoding (ROUGE) scores the test split once, at the selected step; the teacher-forced test
-  # loss and token accuracy are read beside the dev loss at each new best (train.py's test_at
-  # 'best'): a title likelihood that tells inits apart even where decoding collapses to one string.
-  ft.train.test_split = 'test'
+  # The test split keeps finetune_config's role: its teacher-forced loss and token accuracy are
+  # read beside the dev loss at each new best (train.py's test_at 'best'), a title likelihood that
+  # tells inits apart even where decoding collapses to one string; decoding (ROUGE) scores it
+  # once, at the selected step (run_one).
   ft.train.early_stop_metric = 'eval/loss'
   ft.train.checkpoint_every = every  # each evaluation's parameters can be the selected ones
   ft.train.keep_checkpoints = steps // every + 2
