@@ -58,11 +58,21 @@ def _json(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# Since 2026-12-06 a fine-tune's dev and test losses are the cross-entropy without the training's
+# label smoothing (steps.evaluation_options); a unit fine-tuned with smoothing says so in its
+# settings, so that a record made before, whose test losses are smoothed, is refused, while the
+# records of units without smoothing (whose numbers did not change) still match.
+EVAL_LOSS_UNSMOOTHED = 'cross-entropy without label smoothing'
+
+
 def settings(run_config, budget: float, vocab_size: int) -> dict[str, Any]:
   """What decides a unit's numbers: its resolved run config (volatile fields dropped), budget and
   vocabulary size, as stored in its record."""
-  return _json({'config': _strip(run_config.to_dict()), 'budget': float(budget),
-                'vocab_size': int(vocab_size)})
+  config = _strip(run_config.to_dict())
+  out = {'config': config, 'budget': float(budget), 'vocab_size': int(vocab_size)}
+  if float(config.get('downstream', {}).get('label_smoothing', 0.0) or 0.0):
+    out['eval_loss'] = EVAL_LOSS_UNSMOOTHED
+  return _json(out)
 
 
 def fingerprint(run_config, budget: float, vocab_size: int) -> str:

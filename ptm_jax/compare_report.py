@@ -27,8 +27,8 @@ def output_name(config) -> str:
 
 
 ROUGE_COLUMNS = (('rouge1', 'ROUGE-1'), ('rouge2', 'ROUGE-2'), ('rougeL', 'ROUGE-L'))
-# A generation task's teacher-forced test loss (label-smoothed as its training) at the selected
-# step: it ranks the inits where decoding has not yet learned to condition on the article.
+# A generation task's teacher-forced test loss (cross-entropy per token, without the training's
+# label smoothing: steps.evaluation_options) at the selected step: it ranks the inits where decoding has not yet learned to condition on the article.
 LOSS_COLUMN = ('loss', 'test loss')
 
 
@@ -111,7 +111,7 @@ def _score_text(config, tasks: list[str]) -> str:
     articles = f'the first {examples}' if examples else 'all'
     parts.append(f'ROUGE-1/2/L F of the titles decoded ({decode}) at the lowest-dev-loss '
                  f'evaluation, {articles} test articles, and the teacher-forced test loss of the '
-                 'titles there (label-smoothed as in training; lower is better)')
+                 'titles there (cross-entropy per token without label smoothing; lower is better)')
   return '; '.join(parts)
 
 

@@ -1,6 +1,7 @@
 """The jitted train and eval steps, built once per run from (model, objective, optimizer)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -79,6 +80,18 @@ def make_eval_step(loss_fn: Callable, corrupt_fn: Callable) -> Callable:
     return dict(metrics, num_tokens=jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32))
 
   return step
+
+
+def evaluation_options(options: Any) -> Any:
+  """The objective's options for evaluation: label smoothing off.
+
+  Label smoothing is a training regulariser (Szegedy et al. 2016); the dev and test losses are
+  the model's cross-entropy of the real targets, so that they read as a negative log-likelihood
+  (perplexity = exp(loss)) and compare across runs trained with and without smoothing.
+  """
+  if dataclasses.is_dataclass(options) and getattr(options, 'label_smoothing', 0.0):
+    return dataclasses.replace(options, label_smoothing=0.0)
+  return options
 
 
 def bind_objective(objective: Any, *, model: Any, specials: Any, options: Any

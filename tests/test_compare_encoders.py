@@ -249,6 +249,30 @@ def test_records_outlive_fields_added_at_their_defaults(tmp_path):
     store.get('mlm', records.key(config, 2e12, VOCAB))
 
 
+def test_records_of_smoothed_fine_tunes_made_before_unsmoothed_evaluation_are_refused(tmp_path):
+  """Fine-tunes with label smoothing report unsmoothed dev/test losses since 2026-12-06: a record of
+  such a unit made before (no `eval_loss` in its settings) is refused, naming the field; a unit
+  without smoothing, whose numbers did not change, keeps matching its older record."""
+  import json
+  store = records.Store(str(tmp_path / 'work'))
+  for smoothing in (0.0, 0.1):
+    config = _comparison(**{'downstream.label_smoothing': smoothing})
+    planned = records.key(config, 1e12, VOCAB)
+    assert ('eval_loss' in planned.settings) == (smoothing > 0)
+    store.put('mlm', planned, {'steps': 3}, [], str(tmp_path / 'work'))
+    path = tmp_path / 'work' / 'records' / 'mlm.json'
+    record = json.loads(path.read_text())
+    record['settings'].pop('eval_loss', None)  # as the library wrote it before
+    record['fingerprint'] = 'older'
+    path.write_text(json.dumps(record))
+    if smoothing:
+      with pytest.raises(ValueError, match=r"eval_loss: \(no such field\) -> 'cross-entropy "
+                                           r"without label smoothing'"):
+        store.get('mlm', planned)
+    else:
+      assert store.get('mlm', planned)['result'] == {'steps': 3}
+
+
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   from ptm_jax import run as run_lib
   # Three members with three different FLOPs per step (the plan and FLOP tests above cover all

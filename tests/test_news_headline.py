@@ -2,6 +2,7 @@
 forms, single-stack decoding = step-by-step recompute (prefix LM, UniLM and GLM through a KV
 cache = the uncached re-read, greedy and beam), each form's fine-tuning loss, and
 a tiny generation fine-tune end to end (pretrained and random rows, ROUGE in [0, 1])."""
+import dataclasses
 import json
 import os
 
@@ -16,10 +17,11 @@ import pytest
 from ptm_jax import configs, decoding, models
 from ptm_jax import metrics as metrics_lib
 from ptm_jax import run as run_lib
+from ptm_jax import steps as steps_lib
 from ptm_jax.data import sources
 from ptm_jax.data.sources import downstream, news_en, news_headline
 from ptm_jax.data.vocab import SpecialIds
-from ptm_jax.objectives import seq2seq_finetune
+from ptm_jax.objectives import seq2seq, seq2seq_finetune
 from ptm_jax.tasks import finetune, generation, stack_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,6 +281,45 @@ def test_each_form_fits_a_batch(form):
   assert losses[-1] < 0.5 * losses[0], (form, losses)
 
 
+@pytest.mark.parametrize('form', ['encdec', 'prefix_lm'])
+def test_evaluation_loss_is_the_unsmoothed_negative_log_likelihood(form):
+  """Training minimises the label-smoothed loss; the eval step (train.py's) reports -mean log p of
+  the real target tokens, computed here by hand from the logits."""
+  model, params = _model(form)
+  params = _strong(params)
+  rows = {k: jnp.asarray(v) for k, v in _rows(form).items()}
+  options = seq2seq_finetune.Options(form=form, label_smoothing=0.1)
+  assert steps_lib.evaluation_options(options) == dataclasses.replace(options, label_smoothing=0.0)
+  plain = seq2seq_finetune.Options(form=form)
+  assert steps_lib.evaluation_options(plain) is plain
+
+  def eval_loss(opts):
+    loss_fn, corrupt_fn = steps_lib.bind_objective(seq2seq_finetune, model=model,
+                                                   specials=SPECIALS, options=opts)
+    return float(steps_lib.make_eval_step(loss_fn, corrupt_fn)(params, rows,
+                                                               jax.random.key(0))['loss'])
+
+  batch = seq2seq_finetune.corrupt(None, rows, specials=SPECIALS, options=options)
+  if form == 'encdec':
+    decoder_inputs = seq2seq.shift_right(batch['targets'], batch['target_segment_ids'],
+                                         seq2seq.decoder_start_id(model, SPECIALS))
+    logits = model.apply({'params': params}, batch['inputs'], decoder_inputs,
+                         encoder_segment_ids=batch['input_segment_ids'],
+                         decoder_segment_ids=batch['target_segment_ids'],
+                         encoder_positions=batch['input_positions'],
+                         decoder_positions=batch['target_positions'])['logits']
+  else:
+    logits = seq2seq_finetune.stack_logits(model, params, batch, form)
+  log_p_BLV = jax.nn.log_softmax(logits.astype(jnp.float32))
+  log_p = jnp.take_along_axis(log_p_BLV, batch['targets'][..., None], axis=-1)[..., 0]
+  weights, total = batch['weights'], jnp.sum(batch['weights'])
+  nll = float(-jnp.sum(log_p * weights) / total)
+  smoothed = float(-jnp.sum((0.9 * log_p + 0.1 * log_p_BLV.mean(-1)) * weights) / total)
+  assert abs(smoothed - nll) > 1e-3
+  assert eval_loss(steps_lib.evaluation_options(options)) == pytest.approx(nll, rel=1e-5)
+  assert eval_loss(options) == pytest.approx(smoothed, rel=1e-5)  # what training minimises
+
+
 def test_form_for_each_family_and_errors():
   assert seq2seq_finetune.form_for('encdec', {}) == 'encdec'
   assert seq2seq_finetune.form_for('decoder', {}) == 'prefix_lm'
@@ -293,7 +334,7 @@ def test_form_for_each_family_and_errors():
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_generation_finetune_end_to_end(data_dir, tmp_path):
+def test_generation_finetune_end_to_end(data_dir, tmp_path, monkeypatch):
   config = configs.load_experiment(os.path.join(REPO, 'experiments/t5.py:runlocal'), {
       'mesh.num_devices': 1, 'train.steps': 6, 'train.batch_size': 8, 'train.log_every': 3,
       'train.eval_every': 0, 'data.seq_len': 64, 'data.tokenizer.vocab_size': 800,
@@ -303,9 +344,25 @@ def test_generation_finetune_end_to_end(data_dir, tmp_path):
   config.downstream = ml_collections.ConfigDict({**finetune.DEFAULTS, **dict(
       tasks=('news_headline',), steps=6, eval_every=3, batch_size=8, learning_rate=1e-3,
       warmup_steps=1, seq_len=48, target_len=12, eval_batch_size=16, generation_examples=16,
-      decode_strategy='greedy')})
+      decode_strategy='greedy', label_smoothing=0.1)})
+  # The loop trains on the label-smoothed loss and evaluates (dev/test loss) without smoothing.
+  bound = {'train': [], 'eval': []}
+
+  def recording(kind):
+    make = getattr(steps_lib, f'make_{kind}_step')
+
+    def make_step(loss_fn, *args, **kwargs):
+      bound[kind].append(loss_fn.keywords['options'])
+      return make(loss_fn, *args, **kwargs)
+    return make_step
+
+  for kind in bound:
+    monkeypatch.setattr(steps_lib, f'make_{kind}_step', recording(kind))
   workdir = str(tmp_path)
   summary = run_lib.run(config, workdir)
+  finetunes = [o for o in bound['train'] if isinstance(o, seq2seq_finetune.Options)]
+  assert len(finetunes) == 2 and {o.label_smoothing for o in finetunes} == {0.1}
+  assert [o.label_smoothing for o in bound['eval'][-2:]] == [0.0, 0.0]
   rows = summary['downstream']['rows']
   assert [r['init'] for r in rows] == ['pretrained', 'random']
   for r in rows:

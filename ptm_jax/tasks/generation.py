@@ -5,7 +5,8 @@ One fine-tune (`run_one`, dispatched from `tasks.finetune` for tasks of kind 'ge
   1. the run config is `finetune.finetune_config`'s with the `seq2seq_finetune` objective in the
      pre-trained family's form (`configure`: encdec / prefix_lm / unilm / glm, or
      `downstream.generation_form`), a checkpoint at every evaluation and early stopping on the
-     teacher-forced dev loss;
+     teacher-forced dev loss (the cross-entropy of the title tokens: `downstream.label_smoothing`
+     smooths the training loss only, steps.evaluation_options);
   2. model selection: the evaluation with the lowest dev loss (the earliest on ties) -- a dev
      ROUGE per evaluation would decode the dev set at every evaluation;
   3. that checkpoint's parameters decode the `downstream.generation_splits` (dev and test by
@@ -345,8 +346,8 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     return ''
   lines = ['## Generation', '',
            'ROUGE F-measures (rouge-score, stemmed) of the generated titles at the evaluation with '
-           'the lowest dev loss, and the teacher-forced test loss (label-smoothed as in training) '
-           'and token accuracy there; mean ± sample std over seeds.', '',
+           'the lowest dev loss, and the teacher-forced test loss (cross-entropy per title token, '
+           'no label smoothing) and token accuracy there; mean ± sample std over seeds.', '',
            '| task | init | seeds | form | decoding | dev loss | test loss | test token acc. | '
            'dev ROUGE-L | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | test examples |',
            '|---|' + '---|' * 12]
