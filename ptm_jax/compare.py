@@ -11,7 +11,11 @@ budget (`reference_steps` steps of the reference). `run.run` hands such a config
   3. the units run in turn: the random-init baseline (the reference member's architecture,
      fine-tuned once per task and seed), then each member, pretrained and then fine-tuned on every
      downstream task and seed (`tasks.finetune.run_one`; generation tasks decode and score
-     ROUGE). A finished unit leaves a record (ptm_jax/compare_records.py) and is never run again:
+     ROUGE); with `downstream.probe`, also a linear probe of its frozen encoder per layer and on
+     the scalar mix of the layers for each classification task (`tasks.probe`; the baseline
+     probes the reference architecture at random init), and `downstream.finetune=False` probes
+     only (feature-based transfer of the same checkpoints, in minutes). A finished unit leaves
+     a record (ptm_jax/compare_records.py) and is never run again:
      `comparison.records_dir`, `run_only` and `time_budget_s` split a comparison over machines,
      calls and sessions;
   4. a markdown table, a bar plot and a JSON file (`comparison.output_name`) of every recorded
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -45,6 +50,7 @@ from ptm_jax import flops as flops_lib
 from ptm_jax import models
 from ptm_jax import train
 from ptm_jax.data import corpus_stats
+from ptm_jax.data.sources import downstream
 from ptm_jax.data import tokenizers
 from ptm_jax.tasks import finetune
 
@@ -322,8 +328,10 @@ def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list
   tokenizer_cfg = finetune.pinned_tokenizer_config(reference.config)
   name = m.name if m else 'random'
   rows = []
-  for j, (task, seed) in enumerate((t, s) for t in tasks for s in seeds):
-    _say(f'  fine-tuning {name} on {task}, seed {seed} ({j + 1}/{len(tasks) * len(seeds)})')
+  runs = ([(t, s) for t in tasks for s in seeds]
+          if finetune.downstream_field(config, 'finetune') else [])
+  for j, (task, seed) in enumerate(runs):
+    _say(f'  fine-tuning {name} on {task}, seed {seed} ({j + 1}/{len(runs)})')
     if m is None:  # the baseline: the reference architecture from random init
       row = finetune.run_one(reference.config, task, 'random', seed, os.path.join(workdir, 'random'),
                              '', tokenizer_cfg)
@@ -333,7 +341,33 @@ def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list
     rows.append(dict(row, member=name))
     if row['preempted']:
       _say(f'preempted during {name}/{task}/seed{seed}; rerun the same command to resume')
-      break
+      return rows
+  if finetune.downstream_field(config, 'probe'):
+    rows += _probe_unit(config, workdir, m, reference, tasks, tokenizer_cfg)
+  return rows
+
+
+def _probe_unit(config, workdir: str, m: Member | None, reference: Member, tasks: list[str],
+                tokenizer_cfg) -> list[dict[str, Any]]:
+  """Linear probes of the unit's frozen encoder (tasks/probe.py) on each classification task:
+  one per layer and one on the scalar mix, the member's pretrained weights or (the baseline) the
+  reference architecture at random init. Rows with metric 'probe' (seed = the probe's init)."""
+  from ptm_jax.tasks import probe  # pylint: disable=g-import-not-at-top
+  name = m.name if m else 'random'
+  run_config = (m or reference).config
+  field = functools.partial(finetune.downstream_field, config)
+  pretrained_dir = os.path.join(workdir, m.name, 'pretrain') if m else ''
+  rows = []
+  for task in tasks:
+    if downstream.task_info(task).kind != 'classification':
+      continue
+    _say(f'  probing {name} on {task}')
+    for r in probe.probe_task(run_config, task, pretrained_dir, tokenizer_cfg, field,
+                              inits=('pretrained',) if m else ('random',)):
+      rows.append(dict(task=task, member=name, init=r['init'], metric='probe', layer=r['layer'],
+                       seed=int(run_config.seed), step=int(r['step']),
+                       dev_score=r['dev_accuracy'], test_score=r['test_accuracy'],
+                       mix_weights=r['mix_weights'], preempted=False))
   return rows
 
 
@@ -342,14 +376,13 @@ def _finish(config, workdir, members, results, rows, *, missing: list[str],
             corpus_tokens: int) -> dict[str, Any]:
   accuracy = report.accuracy_summary(rows)
   text = report.markdown(config, members, results, accuracy, missing=missing, made=made,
-                         epochs=epochs, corpus_tokens=corpus_tokens)
+                         epochs=epochs, corpus_tokens=corpus_tokens, rows=rows)
   summary = {'members': results, 'accuracy': accuracy, 'rows': rows, 'markdown': text,
              'made': made, 'missing': missing, 'preempted': bool(missing), 'epochs': epochs,
              'corpus_train_tokens': corpus_tokens}
   if jax.process_index() == 0:
-    tasks = list(finetune.downstream_field(config, 'tasks'))
     name = report.output_name(config)
-    report.plot(members, results, accuracy, tasks, os.path.join(workdir, f'{name}.png'))
+    report.plot(config, members, results, accuracy, os.path.join(workdir, f'{name}.png'))
     for filename in (f'{name}.md', 'report.md'):
       with open(os.path.join(workdir, filename), 'w', encoding='utf-8') as f:
         f.write(text)

@@ -27,8 +27,12 @@ def output_name(config) -> str:
 
 
 ROUGE_COLUMNS = (('rouge1', 'ROUGE-1'), ('rouge2', 'ROUGE-2'), ('rougeL', 'ROUGE-L'))
+# Linear-probe rows (compare._probe_unit) and their summary key: `<task>:probe`.
+PROBE_METRIC = 'probe'
+PROBE_SUFFIX = ':probe'
 # A generation task's teacher-forced test loss (cross-entropy per token, without the training's
-# label smoothing: steps.evaluation_options) at the selected step: it ranks the inits where decoding has not yet learned to condition on the article.
+# label smoothing: steps.evaluation_options) at the selected step: it ranks the inits where
+# decoding has not yet learned to condition on the article.
 LOSS_COLUMN = ('loss', 'test loss')
 
 
@@ -40,15 +44,22 @@ def _stats(values) -> dict[str, float]:
 def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
   """{member: {task: {mean, std, n, dev_mean, metric}}} of the test score at the selected
   evaluation (accuracy; entity F1 for tagging; ROUGE-L F for generation, whose entries also hold
-  rouge1 / rouge2 / rougeL and the teacher-forced test loss: {mean, std})."""
+  rouge1 / rouge2 / rougeL and the teacher-forced test loss: {mean, std}); a probed task also
+  has `<task>:probe`, the scalar-mix linear probe's test accuracy at its best dev step."""
   out: dict[str, dict[str, dict[str, Any]]] = {}
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in rows:
-    if not r['preempted']:
+    if r['preempted']:
+      continue
+    if r.get('metric') == PROBE_METRIC:  # the scalar-mix probe scores; the per-layer in probe_table
+      if r['layer'] == 'mix':
+        groups.setdefault((r['member'], r['task'] + PROBE_SUFFIX), []).append(r)
+    else:
       groups.setdefault((r['member'], r['task']), []).append(r)
   for (member, task), rs in groups.items():
-    test = [r.get('test_score', r['test_accuracy']) for r in rs]
-    dev = [r.get('dev_score', r['dev_accuracy']) for r in rs]
+    # Rows of records made before the generic `*_score` keys hold `*_accuracy` only.
+    test = [r['test_score'] if 'test_score' in r else r['test_accuracy'] for r in rs]
+    dev = [r['dev_score'] if 'dev_score' in r else r['dev_accuracy'] for r in rs]
     entry = dict(_stats(test), n=len(rs), dev_mean=float(np.mean(dev)),
                  metric=rs[0].get('metric', 'accuracy'))
     for key, _ in (*ROUGE_COLUMNS, LOSS_COLUMN):
@@ -60,16 +71,40 @@ def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
   return out
 
 
-def _columns(tasks: list[str]) -> list[tuple[str, str, str | None]]:
-  """(header, task, key) per score column: a task's score, or ROUGE-1/2/L and the test loss of a
-  generation task."""
+def _columns(config, tasks: list[str]) -> list[tuple[str, str, str | None]]:
+  """(header, task, key) per score column: a task's fine-tuned score, or ROUGE-1/2/L and the test
+  loss of a generation task; with `downstream.probe`, a classification task's probe score."""
+  finetuned = finetune.downstream_field(config, 'finetune')
+  probed = finetune.downstream_field(config, 'probe')
   cols = []
   for task in tasks:
-    if downstream.task_info(task).kind == 'generation':
+    kind = downstream.task_info(task).kind
+    if finetuned and kind == 'generation':
       cols += [(f'{task} {label}', task, key) for key, label in (*ROUGE_COLUMNS, LOSS_COLUMN)]
-    else:
+    elif finetuned:
       cols.append((task, task, None))
+    if probed and kind == 'classification':
+      cols.append((f'{task} (linear probe)', task + PROBE_SUFFIX, None))
   return cols
+
+
+def probe_table(rows: list[dict[str, Any]]) -> list[str]:
+  """Markdown lines: each unit's probe test accuracy per layer (0 = embeddings) and on the mix."""
+  probes = [r for r in rows if r.get('metric') == PROBE_METRIC and not r['preempted']]
+  if not probes:
+    return []
+  layers = list(dict.fromkeys(r['layer'] for r in probes))
+  head = ' | '.join('scalar mix' if l == 'mix' else ('emb' if l == '0' else f'L{l}') for l in layers)
+  lines = ['', 'Linear probes on the frozen encoder (tasks/probe.py: mean-pooled features of each '
+           'layer, standardised, a softmax probe per layer and on an ELMo-style scalar mix; test '
+           'accuracy at the best dev step):', '',
+           f'| task | objective | {head} |', '|---|---|' + '---|' * len(layers)]
+  for task in dict.fromkeys(r['task'] for r in probes):
+    for member in dict.fromkeys(r['member'] for r in probes if r['task'] == task):
+      by_layer = {r['layer']: r for r in probes if r['task'] == task and r['member'] == member}
+      cells = ' | '.join(f'{by_layer[l]["test_score"]:.3f}' if l in by_layer else '' for l in layers)
+      lines.append(f'| {task} | {member} | {cells} |')
+  return lines
 
 
 def _score(accuracy, member: str, task: str, key: str | None) -> dict[str, float] | None:
@@ -115,6 +150,18 @@ def _score_text(config, tasks: list[str]) -> str:
   return '; '.join(parts)
 
 
+def _downstream_text(config, tasks: list[str], seeds: list[int]) -> str:
+  parts = []
+  if finetune.downstream_field(config, 'finetune'):
+    parts.append(f'{_score_text(config, tasks)}; mean ± std over seeds {tuple(seeds)}, '
+                 f'{finetune.downstream_field(config, "steps")} fine-tuning steps')
+  if finetune.downstream_field(config, 'probe'):
+    parts.append('linear probe: test accuracy of a softmax probe on the scalar mix of the frozen '
+                 'layers at its best dev step (one probe, '
+                 f'{finetune.downstream_field(config, "probe_steps")} full-batch steps)')
+  return '; '.join(parts) or 'none'
+
+
 def _made_text(made: dict[str, dict[str, Any]]) -> str:
   """'Run on NVIDIA H100 80GB HBM3 (jax 0.11.2, 2026-11-26: random, mlm); ...' from the records."""
   groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -130,11 +177,12 @@ def _made_text(made: dict[str, dict[str, Any]]) -> str:
 
 def markdown(config, members: list, results, accuracy, *, missing: list[str],
              made: dict[str, dict[str, Any]], epochs: dict[str, float],
-             corpus_tokens: int) -> str:
-  """The comparison table (+ the FLOPs-per-token breakdown) as markdown."""
+             corpus_tokens: int, rows: list[dict[str, Any]] = ()) -> str:
+  """The comparison table (+ the FLOPs-per-token breakdown, and the per-layer probe table when
+  `rows` hold probes) as markdown."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
   seeds = list(finetune.downstream_field(config, 'seeds'))
-  cols = _columns(tasks)
+  cols = _columns(config, tasks)
   cmp = config.comparison
   budget = next(m.flops_per_step for m in members if m.name == cmp.reference) * int(
       cmp.reference_steps)
@@ -148,8 +196,7 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
       f'(= {cmp.reference_steps} steps of `{cmp.reference}`; sparse vocabulary projections '
       f'counted at {_SCORED_TEXT[cmp.get("scored_positions", "slab")]}); the train split holds '
       f'{corpus_tokens:,} tokens, epochs = steps x batch x row length over it. Downstream: '
-      f'{_score_text(config, tasks)}; mean ± std over seeds {tuple(seeds)}, '
-      f'{finetune.downstream_field(config, "steps")} fine-tuning steps.', '',
+      f'{_downstream_text(config, tasks, seeds)}.', '',
       '| objective | params (pretrain) | params (fine-tuned) | FLOPs / token | pretrain steps | '
       'epochs | pretrain FLOPs | final loss (train' + (' / eval' if eval_loss else '') + ') | '
       + ' | '.join(header for header, _, _ in cols) + ' |',
@@ -187,6 +234,7 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
     note += (' (MLM+NSP adds the NSP term, SpanBERT the SBO term, ELECTRA is L_MLM(generator) + '
              '50 L_disc)')
   lines += ['', note + '.']
+  lines += probe_table(rows)
   if made:
     lines += ['', _made_text(made)]
   if missing:
@@ -215,13 +263,13 @@ def _bars(ax, names, accuracy, cols) -> None:
   ax.grid(True, axis='y', alpha=0.3)
 
 
-def plot(members: list, results, accuracy, tasks: list[str], out_png: str) -> str:
-  """Bar plot: test score per objective and task (± std), a generation task's test loss, and
-  pretraining steps per objective."""
+def plot(config, members: list, results, accuracy, out_png: str) -> str:
+  """Bar plot: test score per objective and task (± std; probes as their own bars), a generation
+  task's test loss, and pretraining steps per objective."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   names = ['random', *[m.name for m in members]]
-  cols = _columns(tasks)
+  cols = _columns(config, list(finetune.downstream_field(config, 'tasks')))
   loss_cols = [c for c in cols if c[2] == LOSS_COLUMN[0]]
   score_cols = [c for c in cols if c[2] != LOSS_COLUMN[0]]
   panels = 3 if loss_cols else 2

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -352,3 +353,35 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   suite_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR')
   assert os.listdir(suite_cache or os.path.join(workdir, 'xla_cache'))
   assert os.path.exists(os.path.join(workdir, 'xla_cache')) != bool(suite_cache)
+  # Feature-based transfer of the same checkpoints (downstream.probe, no fine-tuning): each unit's
+  # frozen encoder gets a linear probe per layer and on the scalar mix -- the baseline the
+  # reference architecture at random init, ALBERT its shared stack, ELECTRA its discriminator.
+  probed = _comparison(**{**shared, 'comparison.records_dir': str(tmp_path / 'rec_probe'),
+                          'downstream.probe': True, 'downstream.finetune': False,
+                          'downstream.probe_steps': 50})
+  # Its own workdir (the fine-tune records beside the first run are another configuration), with
+  # the pretrained checkpoints copied there: a probe-only run of finished pretrainings.
+  probe_dir = tmp_path / 'machine_d'
+  for name in names:  # mlm pretrained on the first "machine", albert and electra on the second
+    ran_on = tmp_path / ('machine_a' if name == 'mlm' else 'machine_b')
+    shutil.copytree(ran_on / name / 'pretrain', probe_dir / name / 'pretrain')
+  logs = {n: (probe_dir / n / 'pretrain' / 'metrics.jsonl').read_text() for n in names}
+  summary = run_lib.run(probed, str(probe_dir))
+  assert not summary['missing']
+  for name in names:  # no pretraining ran again
+    assert (probe_dir / name / 'pretrain' / 'metrics.jsonl').read_text() == logs[name]
+  probes = summary['rows']
+  assert {r['metric'] for r in probes} == {'probe'} and {r['task'] for r in probes} == set(tasks)
+  layers = {'random': 3, 'mlm': 3, 'albert': 3, 'electra': 3}  # embeddings + 2 layers
+  for unit, count in layers.items():
+    mine = [r for r in probes if r['member'] == unit]
+    assert [r['layer'] for r in mine] == [*map(str, range(count)), 'mix'], unit
+    assert {r['init'] for r in mine} == {'random' if unit == 'random' else 'pretrained'}
+    assert all(0.0 <= r['test_score'] <= 1.0 and 0.0 <= r['dev_score'] <= 1.0 for r in mine)
+    mix = mine[-1]
+    assert summary['accuracy'][unit][f'{tasks[0]}:probe']['mean'] == mix['test_score']
+    assert len(mix['mix_weights']) == count
+  text = summary['markdown']
+  assert f'| {tasks[0]} (linear probe) |' in text
+  assert '| task | objective | emb | L1 | L2 | scalar mix |' in text
+  assert 'fine-tuning steps' not in text  # nothing was fine-tuned

@@ -159,8 +159,10 @@ def train_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray], num_classes:
   return best
 
 
-def probe_task(config, task: str, pretrained_dir: str, tokenizer_cfg, field) -> list[dict[str, Any]]:
-  """Per-layer and scalar-mix probes of one classification task, pretrained and random init."""
+def probe_task(config, task: str, pretrained_dir: str, tokenizer_cfg, field,
+               inits: tuple[str, ...] = ('pretrained', 'random')) -> list[dict[str, Any]]:
+  """Per-layer and scalar-mix probes of one classification task, for each of `inits` (the
+  pretrained weights, the same network at random init)."""
   info = downstream.task_info(task)
   if info.kind != 'classification':
     raise ValueError(f'probes read one label per example; {task!r} is a {info.kind} task')
@@ -174,10 +176,13 @@ def probe_task(config, task: str, pretrained_dir: str, tokenizer_cfg, field) -> 
       data_cfg.seq_len = int(field('seq_len'))
   model = build_backbone(config, tokenizer.vocab_size)
   fresh = init_params(model, int(data_cfg.seq_len), int(config.seed))
-  inits = {'random': fresh,
-           'pretrained': train_lib.merge_pretrained(fresh, ckpt.restore_params(pretrained_dir))}
+  unknown = set(inits) - {'pretrained', 'random'}
+  if unknown:
+    raise ValueError(f'probe inits are pretrained and random, not {", ".join(sorted(unknown))}')
   rows = []
-  for init, params in inits.items():
+  for init in inits:
+    params = (train_lib.merge_pretrained(fresh, ckpt.restore_params(pretrained_dir))
+              if init == 'pretrained' else fresh)
     feats, labels = {}, {}
     for split in SPLITS:
       feats[split], labels[split] = extract_features(
