@@ -94,7 +94,8 @@ def probe_table(rows: list[dict[str, Any]]) -> list[str]:
   if not probes:
     return []
   layers = list(dict.fromkeys(r['layer'] for r in probes))
-  head = ' | '.join('scalar mix' if l == 'mix' else ('emb' if l == '0' else f'L{l}') for l in layers)
+  head = ' | '.join('scalar mix' if layer == 'mix' else ('emb' if layer == '0' else f'L{layer}')
+                    for layer in layers)
   lines = ['', 'Linear probes on the frozen encoder (tasks/probe.py: mean-pooled features of each '
            'layer, standardised, a softmax probe per layer and on an ELMo-style scalar mix; test '
            'accuracy at the best dev step):', '',
@@ -102,7 +103,8 @@ def probe_table(rows: list[dict[str, Any]]) -> list[str]:
   for task in dict.fromkeys(r['task'] for r in probes):
     for member in dict.fromkeys(r['member'] for r in probes if r['task'] == task):
       by_layer = {r['layer']: r for r in probes if r['task'] == task and r['member'] == member}
-      cells = ' | '.join(f'{by_layer[l]["test_score"]:.3f}' if l in by_layer else '' for l in layers)
+      cells = ' | '.join(f'{by_layer[layer]["test_score"]:.3f}' if layer in by_layer else ''
+                         for layer in layers)
       lines.append(f'| {task} | {member} | {cells} |')
   return lines
 
