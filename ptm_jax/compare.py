@@ -375,14 +375,20 @@ def _finish(config, workdir, members, results, rows, *, missing: list[str],
             made: dict[str, dict[str, Any]], epochs: dict[str, float],
             corpus_tokens: int) -> dict[str, Any]:
   accuracy = report.accuracy_summary(rows)
+  lead = None  # the extractive floor a generated title must clear (no model)
+  if ('news_headline' in finetune.downstream_field(config, 'tasks')
+      and finetune.downstream_field(config, 'finetune')):
+    from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+    lead = generation.lead_baseline(config.data.get('data_dir', ''))
   text = report.markdown(config, members, results, accuracy, missing=missing, made=made,
-                         epochs=epochs, corpus_tokens=corpus_tokens, rows=rows)
+                         epochs=epochs, corpus_tokens=corpus_tokens, rows=rows, lead=lead)
   summary = {'members': results, 'accuracy': accuracy, 'rows': rows, 'markdown': text,
              'made': made, 'missing': missing, 'preempted': bool(missing), 'epochs': epochs,
-             'corpus_train_tokens': corpus_tokens}
+             'corpus_train_tokens': corpus_tokens, 'lead_baseline': lead}
   if jax.process_index() == 0:
     name = report.output_name(config)
-    report.plot(config, members, results, accuracy, os.path.join(workdir, f'{name}.png'))
+    report.plot(config, members, results, accuracy, os.path.join(workdir, f'{name}.png'),
+                lead=lead)
     for filename in (f'{name}.md', 'report.md'):
       with open(os.path.join(workdir, filename), 'w', encoding='utf-8') as f:
         f.write(text)

@@ -179,9 +179,10 @@ def _made_text(made: dict[str, dict[str, Any]]) -> str:
 
 def markdown(config, members: list, results, accuracy, *, missing: list[str],
              made: dict[str, dict[str, Any]], epochs: dict[str, float],
-             corpus_tokens: int, rows: list[dict[str, Any]] = ()) -> str:
-  """The comparison table (+ the FLOPs-per-token breakdown, and the per-layer probe table when
-  `rows` hold probes) as markdown."""
+             corpus_tokens: int, rows: list[dict[str, Any]] = (),
+             lead: dict[str, float] | None = None) -> str:
+  """The comparison table (+ the FLOPs-per-token breakdown, the per-layer probe table when `rows`
+  hold probes, and the extractive baseline's ROUGE when `lead` is given) as markdown."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
   seeds = list(finetune.downstream_field(config, 'seeds'))
   cols = _columns(config, tasks)
@@ -221,6 +222,11 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
         f'{r["flops_per_token"]["total"]:.3e} | {r["steps"]} | '
         f'{epochs.get(name, float("nan")):.1f} | {r["flops"]:.3e} | {loss} | '
         + ' | '.join(acc) + ' |')
+  if lead:
+    lines += ['', f'Extractive reference, no model (`generation.lead_baseline`): the first '
+              f'{lead["words"]} words of each test article as its title ({lead["words"]} = the '
+              f'median train title length) score ROUGE-1 {lead["rouge1"]:.3f}, ROUGE-2 '
+              f'{lead["rouge2"]:.3f}, ROUGE-L {lead["rougeL"]:.3f} ({lead["examples"]} articles).']
   parts = [p for p in dict.fromkeys(k for m in members for k in m.flops_breakdown)
            if p != 'total' and any(m.flops_breakdown.get(p) for m in members)]
   lines += ['', 'Training FLOPs per token by part (ptm_jax/flops.py; forward + backward, '
@@ -247,8 +253,9 @@ def markdown(config, members: list, results, accuracy, *, missing: list[str],
   return '\n'.join(lines)
 
 
-def _bars(ax, names, accuracy, cols) -> None:
-  """Grouped bars of each column's mean ± std per member; dotted: the random-init baseline."""
+def _bars(ax, names, accuracy, cols, lead: dict[str, float] | None = None) -> None:
+  """Grouped bars of each column's mean ± std per member; dotted: the random-init baseline;
+  dashed: the extractive baseline of a ROUGE column (`lead`)."""
   x = np.arange(len(names), dtype=np.float64)
   width = 0.8 / max(len(cols), 1)
   for j, (header, task, key) in enumerate(cols):
@@ -260,14 +267,17 @@ def _bars(ax, names, accuracy, cols) -> None:
     base = (_score(accuracy, 'random', task, key) or {}).get('mean')
     if base is not None:
       ax.axhline(base, color=f'C{j}', linestyle=':', linewidth=1)
+    if lead and key in lead:
+      ax.axhline(lead[key], color=f'C{j}', linestyle='--', linewidth=1)
   ax.set_xticks(x, names, rotation=20)
   ax.legend(fontsize='small')
   ax.grid(True, axis='y', alpha=0.3)
 
 
-def plot(config, members: list, results, accuracy, out_png: str) -> str:
-  """Bar plot: test score per objective and task (± std; probes as their own bars), a generation
-  task's test loss, and pretraining steps per objective."""
+def plot(config, members: list, results, accuracy, out_png: str,
+         lead: dict[str, float] | None = None) -> str:
+  """Bar plot: test score per objective and task (± std; probes as their own bars; dashed: the
+  extractive baseline's ROUGE), a generation task's test loss, and pretraining steps."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   names = ['random', *[m.name for m in members]]
@@ -278,10 +288,11 @@ def plot(config, members: list, results, accuracy, out_png: str) -> str:
   fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 3.75 * panels), dpi=110)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(panels, 1, 1)
-  _bars(ax, names, accuracy, score_cols)
+  _bars(ax, names, accuracy, score_cols, lead)
   generation = bool(loss_cols)
   ax.set_ylabel('test score (ROUGE F / accuracy)' if generation else 'test accuracy (best dev)')
-  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init)')
+  ax.set_title('downstream score at equal pretraining FLOPs (dotted: random init'
+               + (f'; dashed: first {lead["words"]} words of the article' if lead else '') + ')')
   if loss_cols:
     ax_loss = fig.add_subplot(panels, 1, 2)
     _bars(ax_loss, names, accuracy, loss_cols)

@@ -9,6 +9,8 @@ import pytest
 
 from ptm_jax import compare, configs, flops
 from ptm_jax.configs import base
+from ptm_jax.data.sources import news_headline
+from ptm_jax.tasks import generation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, 'experiments', 'compare_seq2seq.py')
@@ -154,3 +156,15 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
     assert header in text
   assert '1+1-layer encoder-decoder (t5)' in text
   assert '![ROUGE by objective](compare_seq2seq.png)' in text
+  # The extractive LEAD reference: each test article's first n words, n = the median train title
+  # length in words, scored against its title by the same ROUGE.
+  lead = saved['lead_baseline']
+  examples = news_headline.split_examples('', 'test')
+  words = int(round(np.median([len(t.split()) for _, _, t in news_headline.split_examples(
+      '', 'train')])))
+  assert lead['words'] == words and lead['examples'] == len(examples) > 0
+  first = generation.rouge([' '.join(x.split()[:words]) for _, x, _ in examples],
+                           [t for _, _, t in examples])
+  assert {k: lead[k] for k in first} == pytest.approx(first) and 0.0 < lead['rouge1'] < 1.0
+  assert f'the first {words} words of each test article' in text
+  assert f'ROUGE-1 {lead["rouge1"]:.3f}' in text

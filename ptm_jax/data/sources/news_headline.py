@@ -90,10 +90,15 @@ def builder(data_dir: str = '') -> NewsHeadline:
   return NewsHeadline(data_dir=sources.resolve_data_dir(data_dir), file_format='array_record')
 
 
+def split_examples(data_dir: str, split: str) -> list[tuple[int, str, str]]:
+  """[(example_id, text, title)] of a prepared split, in its stored order."""
+  source = sources.prepare(builder(data_dir)).as_data_source(split)
+  return [(int(ex['example_id']), _text(ex['text']), _text(ex['title'])) for ex in source]
+
+
 def titles(data_dir: str, split: str) -> dict[int, str]:
   """{example_id: title} of a prepared split: the references generated titles are scored against."""
-  source = sources.prepare(builder(data_dir)).as_data_source(split)
-  return {int(ex['example_id']): _text(ex['title']) for ex in source}
+  return {example_id: title for example_id, _, title in split_examples(data_dir, split)}
 
 
 def _text(value) -> str:
