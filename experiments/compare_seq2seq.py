@@ -34,7 +34,7 @@ The random-init baseline is the reference (`t5`) architecture.
   python -m ptm_jax.main --config experiments/compare_seq2seq.py:cpu --workdir runs/s2s_cpu
   python -m ptm_jax.main --config experiments/compare_seq2seq.py:gpu --workdir runs/s2s_gpu
 
-`arg`: `runlocal` (tiny: the test suite's), `cpu` (~30 minutes on 2 CPU cores), `gpu` (T5-small's
+`arg`: `runlocal` (tiny: the test suite's), `cpu` (~1.5 hours on 2 CPU cores), `gpu` (T5-small's
 shape, 6+6 / 12 layers of width 512, bf16, 3,000 T5 steps of 128 x 256 tokens = 37 epochs of
 news_en, 3 seeds). Writes `compare_seq2seq.md`,
 `compare_seq2seq.png` and `compare_seq2seq.json` in the workdir; a rerun resumes.
