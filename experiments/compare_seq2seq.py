@@ -110,8 +110,7 @@ def get_config(arg: str = "runlocal"):
     config.comparison.update(reference_steps=400)
     downstream = dict(seeds=(0, 1), steps=1500, batch_size=32, learning_rate=1e-3, warmup_steps=50,
                       eval_every=100, early_stop_patience=3, eval_batch_size=64, seq_len=48,
-                      target_len=16,
-                      decode_strategy="beam", num_beams=4, length_penalty=0.6,
+                      target_len=16, decode_strategy="beam", num_beams=4, length_penalty=0.6,
                       generation_splits=("test",), generation_examples=0)
   else:
     layers, width, heads, mlp, seq_len, vocab = 6, 512, 8, 2048, 256, 8000

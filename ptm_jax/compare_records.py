@@ -58,10 +58,11 @@ def _json(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-# Since 2026-12-06 a fine-tune's dev and test losses are the cross-entropy without the training's
-# label smoothing (steps.evaluation_options); a unit fine-tuned with smoothing says so in its
-# settings, so that a record made before, whose test losses are smoothed, is refused, while the
-# records of units without smoothing (whose numbers did not change) still match.
+# Since 2026-12-06 dev and test losses are the cross-entropy without the training's label
+# smoothing (steps.evaluation_options); a unit trained with smoothing (its pretraining objective
+# or its fine-tunes) says so in its settings, so that a record made before, whose losses are
+# smoothed, is refused, while the records of units without smoothing (whose numbers did not
+# change) still match.
 EVAL_LOSS_UNSMOOTHED = 'cross-entropy without label smoothing'
 
 
@@ -70,7 +71,8 @@ def settings(run_config, budget: float, vocab_size: int) -> dict[str, Any]:
   vocabulary size, as stored in its record."""
   config = _strip(run_config.to_dict())
   out = {'config': config, 'budget': float(budget), 'vocab_size': int(vocab_size)}
-  if float(config.get('downstream', {}).get('label_smoothing', 0.0) or 0.0):
+  if any(float(config.get(block, {}).get('label_smoothing', 0.0) or 0.0)
+         for block in ('objective', 'downstream')):
     out['eval_loss'] = EVAL_LOSS_UNSMOOTHED
   return _json(out)
 

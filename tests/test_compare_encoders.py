@@ -272,6 +272,10 @@ def test_records_of_smoothed_fine_tunes_made_before_unsmoothed_evaluation_are_re
         store.get('mlm', planned)
     else:
       assert store.get('mlm', planned)['result'] == {'steps': 3}
+  # A pretraining objective with smoothing (BART's, MASS's option) is marked the same way.
+  smoothed_objective = _comparison()
+  smoothed_objective.objective.label_smoothing = 0.1
+  assert 'eval_loss' in records.key(smoothed_objective, 1e12, VOCAB).settings
 
 
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
