@@ -64,6 +64,27 @@ def _json(value: Any) -> Any:
 # smoothed, is refused, while the records of units without smoothing (whose numbers did not
 # change) still match.
 EVAL_LOSS_UNSMOOTHED = 'cross-entropy without label smoothing'
+# Since 2026-12-06 too, UniLM's generation dev/test loss is the next-token NLL of the titles (each
+# token at a [MASK] after the real ones before it: objectives/seq2seq_finetune.py), no longer
+# its training cloze; such a unit's records made before are refused by this marker.
+EVAL_LOSS_UNILM_NEXT_TOKEN = 'UniLM titles: next-token cross-entropy, as decoded'
+
+
+def _fine_tunes_unilm_generation(config: dict[str, Any]) -> bool:
+  """Whether a unit fine-tunes a generation task in UniLM's form (tasks/generation.py)."""
+  from ptm_jax.data.sources import downstream  # pylint: disable=g-import-not-at-top
+  from ptm_jax.objectives import seq2seq_finetune  # pylint: disable=g-import-not-at-top
+  block = config.get('downstream', {}) or {}
+  tasks = [t for t in block.get('tasks', ()) if t in downstream.TASKS
+           and downstream.TASKS[t].kind == 'generation']
+  if not tasks or not block.get('finetune', True):
+    return False
+  model = config.get('model', {})
+  try:
+    form = block.get('generation_form') or seq2seq_finetune.form_for(model.get('family', ''), model)
+  except ValueError:
+    return False
+  return form == 'unilm'
 
 
 def settings(run_config, budget: float, vocab_size: int) -> dict[str, Any]:
@@ -74,6 +95,8 @@ def settings(run_config, budget: float, vocab_size: int) -> dict[str, Any]:
   if any(float(config.get(block, {}).get('label_smoothing', 0.0) or 0.0)
          for block in ('objective', 'downstream')):
     out['eval_loss'] = EVAL_LOSS_UNSMOOTHED
+  if _fine_tunes_unilm_generation(config):
+    out['eval_loss'] = EVAL_LOSS_UNILM_NEXT_TOKEN
   return _json(out)
 
 

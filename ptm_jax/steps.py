@@ -83,12 +83,15 @@ def make_eval_step(loss_fn: Callable, corrupt_fn: Callable) -> Callable:
 
 
 def evaluation_options(options: Any) -> Any:
-  """The objective's options for evaluation: label smoothing off.
+  """The objective's options for evaluation: its own `for_evaluation()` where it has one (UniLM
+  titles scored as decoded: objectives/seq2seq_finetune.py), and label smoothing off.
 
   Label smoothing is a training regulariser (Szegedy et al. 2016); the dev and test losses are
   the model's cross-entropy of the real targets, so that they read as a negative log-likelihood
   (perplexity = exp(loss)) and compare across runs trained with and without smoothing.
   """
+  if hasattr(options, 'for_evaluation'):
+    options = options.for_evaluation()
   if dataclasses.is_dataclass(options) and getattr(options, 'label_smoothing', 0.0):
     return dataclasses.replace(options, label_smoothing=0.0)
   return options

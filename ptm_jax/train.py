@@ -333,9 +333,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   train_step = jax.jit(steps.make_train_step(loss_fn, corrupt_fn, tx, schedule, tc.grad_accum),
                        in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, None), donate_argnums=(0,))
-  eval_loss_fn, _ = steps.bind_objective(objective, model=model, specials=tokenizer.specials,
-                                         options=steps.evaluation_options(options))
-  eval_step = jax.jit(steps.make_eval_step(eval_loss_fn, corrupt_fn),
+  eval_loss_fn, eval_corrupt_fn = steps.bind_objective(
+      objective, model=model, specials=tokenizer.specials,
+      options=steps.evaluation_options(options))
+  eval_step = jax.jit(steps.make_eval_step(eval_loss_fn, eval_corrupt_fn),
                       in_shardings=(state_sharding.params, batch_sharding, None))
   eval_rng = jax.random.key(config.seed + 7919)
   # Eval batches are read once per run and reused (a small labelled split, or eval_batches of a

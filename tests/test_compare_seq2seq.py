@@ -107,6 +107,22 @@ def test_plan_shares_width_and_budget_across_families():
   assert by['glm'].config.model.positions == by['unilm'].config.model.positions == 'learned'
 
 
+def test_unilm_records_are_marked_with_its_next_token_evaluation():
+  """UniLM's title loss is scored as decoded since 2026-12-06 (no longer its training cloze): its
+  unit's settings say so, so that its records made before are refused; the other members keep
+  the label-smoothing marker alone."""
+  from ptm_jax import compare_records as records
+  config = _comparison(**{'downstream.label_smoothing': 0.1})
+  members, budget = compare.plan(config, V)
+  marks = {m.name: records.key(m.config, budget, V).settings.get('eval_loss') for m in members}
+  assert marks.pop('unilm') == records.EVAL_LOSS_UNILM_NEXT_TOKEN
+  assert set(marks.values()) == {records.EVAL_LOSS_UNSMOOTHED}
+  unsmoothed, _ = compare.plan(_comparison(**{'downstream.label_smoothing': 0.0}), V)
+  marks = {m.name: records.key(m.config, budget, V).settings.get('eval_loss') for m in unsmoothed}
+  assert marks.pop('unilm') == records.EVAL_LOSS_UNILM_NEXT_TOKEN
+  assert set(marks.values()) == {None}
+
+
 @pytest.mark.parametrize('arg', ['cpu', 'gpu'])
 def test_larger_sizes_plan(arg):
   members, _ = compare.plan(_comparison(arg), 8000)

@@ -320,6 +320,45 @@ def test_evaluation_loss_is_the_unsmoothed_negative_log_likelihood(form):
   assert eval_loss(options) == pytest.approx(smoothed, rel=1e-5)  # what training minimises
 
 
+def test_unilm_evaluation_scores_each_title_token_as_decoding_reads_it():
+  """UniLM trains on a cloze of 70 % of the title; its dev/test loss is each title token's NLL at
+  a [MASK] after the real tokens before it (what decoding computes), in one pass over the row
+  doubled with [MASK] copies. The reference here re-reads the row once per target slot t, slot t
+  a [MASK] and every later slot a random token (which the mask must hide)."""
+  model, params = _model('unilm')
+  params = _strong(params)
+  rows = {k: jnp.asarray(v) for k, v in _rows('unilm').items()}
+  options = seq2seq_finetune.Options(form='unilm', label_smoothing=0.1)
+  evaluation = steps_lib.evaluation_options(options)
+  assert (evaluation.score, evaluation.label_smoothing, options.score) == ('next_token', 0.0,
+                                                                           'cloze')
+  for form in ('encdec', 'prefix_lm', 'glm'):  # the other forms score as they train
+    assert seq2seq_finetune.Options(form=form).for_evaluation().score == 'cloze'
+  loss_fn, corrupt_fn = steps_lib.bind_objective(seq2seq_finetune, model=model,
+                                                 specials=SPECIALS, options=evaluation)
+  metrics = steps_lib.make_eval_step(loss_fn, corrupt_fn)(params, rows, jax.random.key(0))
+
+  tokens, target = np.asarray(rows['tokens']), np.asarray(rows['target_flags']) > 0
+  garbage = np.random.default_rng(0).integers(7, 300, tokens.shape)
+  log_p, hits = [], []
+  full = jax.jit(lambda batch: seq2seq_finetune.stack_logits(model, params, batch, 'unilm'))
+  for b, t in zip(*np.nonzero(target)):
+    inputs = tokens.copy()
+    inputs[b, t] = SPECIALS.mask
+    inputs[b, t + 1:] = garbage[b, t + 1:]
+    logits = np.asarray(full({**rows, 'inputs': jnp.asarray(inputs)}))[b, t]
+    log_p.append(jax.nn.log_softmax(logits)[tokens[b, t]])
+    hits.append(np.argmax(logits) == tokens[b, t])
+  assert metrics['num_targets'] == len(log_p) == 4 + 6
+  assert float(metrics['loss']) == pytest.approx(-np.mean(log_p), rel=1e-5)
+  assert float(metrics['accuracy']) == pytest.approx(np.mean(hits))
+  # Training's cloze loss is another number (70 % of the title masked at once).
+  cloze_fn, cloze_corrupt = steps_lib.bind_objective(seq2seq_finetune, model=model,
+                                                     specials=SPECIALS, options=options)
+  cloze = steps_lib.make_eval_step(cloze_fn, cloze_corrupt)(params, rows, jax.random.key(0))
+  assert abs(float(cloze['loss']) - float(metrics['loss'])) > 1e-3
+
+
 def test_form_for_each_family_and_errors():
   assert seq2seq_finetune.form_for('encdec', {}) == 'encdec'
   assert seq2seq_finetune.form_for('decoder', {}) == 'prefix_lm'

@@ -12,7 +12,11 @@ Rows come from `data/sources/news_headline.py` in `data.generation_form` = `Opti
     `target_mask_rate` share of the target tokens (0.7: the reference fine-tuning scripts'
     `--mask_prob 0.7`, with label smoothing 0.1) is corrupted 80 % [MASK] / 10 % random / 10 %
     kept, as its pre-training cloze (the reference code's Preprocess4Seq2seq), and predicted at
-    its own slot; decoding appends a [MASK] and predicts it (`tasks/generation.py`);
+    its own slot; decoding appends a [MASK] and predicts it (`tasks/generation.py`). Dev and
+    test losses (`Options.for_evaluation`, score='next_token') score every target token as
+    decoding reads it instead: at a [MASK] after the real tokens before it, in one pass over
+    the row doubled with a [MASK] copy of each target slot (`next_token_rows`), so the loss is
+    the title's next-token NLL like the other forms', deterministic, and ranks what is decoded;
   * 'glm' (Du et al. 2022 section 2.3, "text generation"): Part A = the source with one [MASK]
     appended, Part B = [START] title, generated autoregressively with GLM's 2-D positions and
     the A-bidirectional / B-causal mask; loss over the title and [END] (= EOS).
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 from ptm_jax.objectives import common, glm, mlm, seq2seq, unilm
 
 FORMS = ('encdec', 'prefix_lm', 'unilm', 'glm')
+SCORES = ('cloze', 'next_token')
 
 
 def ADDS_MODEL_AUX_LOSS(options) -> bool:  # noqa: N802 (the flag other objectives set)
@@ -49,6 +54,9 @@ class Options:
   random_token_rate: float = 0.1  # ... or a random id (the rest stay)
   label_smoothing: float = 0.0
   z_loss: float = 0.0
+  # unilm: 'cloze' (training: the corrupted share predicted at its own slots) or 'next_token'
+  # (evaluation: every target token at a [MASK] after the real ones before it, as decoded).
+  score: str = 'cloze'
 
   def __post_init__(self):
     if self.form not in FORMS:
@@ -57,7 +65,14 @@ class Options:
     if not 0.0 < self.target_mask_rate <= 1.0:
       raise ValueError('seq2seq_finetune.Options.target_mask_rate must be in (0, 1], got '
                        f'{self.target_mask_rate}')
+    if self.score not in SCORES:
+      raise ValueError(f'seq2seq_finetune.Options.score must be one of {", ".join(SCORES)}, got '
+                       f'{self.score!r}')
     mlm.Options(0.15, self.mask_token_rate, self.random_token_rate)
+
+  def for_evaluation(self) -> 'Options':
+    """The options dev/test losses use (steps.evaluation_options): UniLM scored next-token."""
+    return dataclasses.replace(self, score='next_token') if self.form == 'unilm' else self
 
 
 def form_for(family: str, model_fields) -> str:
@@ -79,6 +94,9 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
             'input_positions': batch['positions']}
   if options.form != 'unilm':
     return {**batch, 'inputs': batch['tokens']}
+  if options.score == 'next_token':  # nothing corrupted: next_token_rows adds the [MASK]s
+    return {**batch, 'inputs': batch['tokens'],
+            'weights': (batch['target_flags'] != 0).astype(jnp.float32)}
   tokens_BL = batch['tokens'].astype(jnp.int32)
   choose_rng, action_rng, random_rng = jax.random.split(rng, 3)
   chosen_BL = (batch['target_flags'] != 0) & (
@@ -98,6 +116,37 @@ def _decoder_logits_at(module, tokens, segment_ids, positions, prefix_flags, at_
   hidden_BLD, _, _ = module.decode(x_BLD, segment_ids=segment_ids, positions=positions,
                                    prefix_flags=prefix_flags)
   return module.lm_logits(jnp.take_along_axis(hidden_BLD, at_B[:, None, None], axis=1))
+
+
+def next_token_rows(batch, mask_id: int) -> dict[str, jax.Array]:
+  """UniLM rows `[B, W]` doubled to `[B, 2W]` so that one pass scores every target token as
+  decoding does (the pseudo-masked layout of UniLMv2, Bao et al. 2020, used here for scoring).
+
+  Slot W + i is a [MASK] copy of target slot i (same position and token type). The real half
+  keeps UniLM's seq2seq mask (source bidirectional, target causal + source); copy i sees the
+  source, the real target slots before i and itself, which is exactly what the [MASK] appended
+  at slot i sees when decoding (tasks/stack_cache.py), so its logits are decoding's. Copies of
+  non-target slots are padding. The scored slots are `logits_positions` W..2W-1.
+  """
+  tokens_BL = batch['tokens'].astype(jnp.int32)
+  target_BL = batch['target_flags'] != 0
+  source_BL = batch['source_flags'] != 0
+  width = tokens_BL.shape[1]
+  idx = jnp.arange(width)
+  real_BLL = unilm.attention_mask(jnp.full((tokens_BL.shape[0],), unilm.SEQ2SEQ, jnp.int32),
+                                  source_BL)[:, 0]
+  copy_BLL = source_BL[:, None, :] | (idx[None, :] < idx[:, None])[None]
+  no_BLL = jnp.zeros_like(real_BLL)
+  own_BLL = jnp.broadcast_to(jnp.eye(width, dtype=bool), real_BLL.shape)
+  mask_BLL = jnp.concatenate([jnp.concatenate([real_BLL, no_BLL], axis=2),
+                              jnp.concatenate([copy_BLL, own_BLL], axis=2)], axis=1)
+  double = lambda x: jnp.concatenate([x, x], axis=1)  # noqa: E731
+  return {'inputs': jnp.concatenate([tokens_BL, jnp.where(target_BL, mask_id, 0)], axis=1),
+          'segment_ids': jnp.concatenate(
+              [batch['segment_ids'], jnp.where(target_BL, batch['segment_ids'], 0)], axis=1),
+          'positions': double(batch['positions']), 'token_types': double(batch['token_types']),
+          'attention_mask': mask_BLL[:, None],
+          'logits_positions': jnp.broadcast_to(width + idx, tokens_BL.shape)}
 
 
 def stack_logits(model, params, batch, form: str, *, rng=None, at_B=None):
@@ -132,6 +181,17 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
   if options.form == 'encdec':
     return seq2seq.loss(params, batch, rng, model=model, specials=specials, z_loss=options.z_loss,
                         label_smoothing=options.label_smoothing)
-  logits = stack_logits(model, params, batch, options.form, rng=rng)
+  if options.form == 'unilm' and options.score == 'next_token':
+    rows = next_token_rows(batch, specials.mask)
+    types = getattr(model.config, 'type_vocab_size', 0)
+    logits = model.apply({'params': params}, rows['inputs'], segment_ids=rows['segment_ids'],
+                         positions=rows['positions'],
+                         token_types=rows['token_types'] if types >= 6 else None,
+                         attention_mask=rows['attention_mask'],
+                         logits_positions=rows['logits_positions'], deterministic=rng is None,
+                         rngs=None if rng is None else {'dropout': rng})['logits']
+    batch = {**batch, 'weights': (batch['target_flags'] != 0).astype(jnp.float32)}
+  else:
+    logits = stack_logits(model, params, batch, options.form, rng=rng)
   return common.lm_loss_and_metrics(logits, batch['targets'], batch['weights'],
                                     z_loss=options.z_loss, label_smoothing=options.label_smoothing)
