@@ -6,7 +6,8 @@ One fine-tune (`run_one`, dispatched from `tasks.finetune` for tasks of kind 'ge
      pre-trained family's form (`configure`: encdec / prefix_lm / unilm / glm, or
      `downstream.generation_form`), a checkpoint at every evaluation and early stopping on the
      teacher-forced dev loss (the cross-entropy of the title tokens: `downstream.label_smoothing`
-     smooths the training loss only, steps.evaluation_options);
+     smooths the training loss only, steps.evaluation_options; UniLM, trained on a cloze of
+     the title, is scored next-token as it decodes: objectives/seq2seq_finetune.py);
   2. model selection: the evaluation with the lowest dev loss (the earliest on ties) -- a dev
      ROUGE per evaluation would decode the dev set at every evaluation;
   3. that checkpoint's parameters decode the `downstream.generation_splits` (dev and test by
