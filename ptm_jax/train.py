@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import itertools
 import json
 import math
@@ -137,6 +138,37 @@ def create_state(model, tx, mesh, batch_shape, seed: int, init_params: Any | Non
     merged = merge_pretrained(jax.device_get(state.params), init_params)
     state = state.replace(params=jax.device_put(merged, state_sharding.params))
   return state, state_sharding
+
+
+def skip_pretrained(pretrained: dict, patterns: tuple[str, ...] | str) -> dict:
+  """`pretrained` without the leaves that `train.init_skip` names: those start from the fresh init.
+
+  A pattern is an fnmatch pattern over '/'-joined parameter paths and covers everything under
+  the module it names: 'decoder*' re-initialises an encoder-decoder's decoder (layers, final
+  norm, position bias; the shared token embedding is kept), 'layers_11' the top layer of a
+  12-layer encoder (not layers_1), 'layers_11/mlp' only its feed-forward block.
+  """
+  patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+  unused = set(patterns)
+
+  def keep(tree: dict, path: str) -> dict:
+    out = {}
+    for k, v in tree.items():
+      here = f"{path}{k}"
+      if not isinstance(v, dict):
+        hits = {p for p in patterns
+                if fnmatch.fnmatchcase(here, p) or fnmatch.fnmatchcase(here, p + "/*")}
+        if hits:
+          unused.difference_update(hits)
+          continue
+      out[k] = keep(v, here + "/") if isinstance(v, dict) else v
+    return {k: v for k, v in out.items() if not isinstance(v, dict) or v}
+
+  kept = keep(pretrained, "")
+  if unused:
+    raise ValueError(f"train.init_skip: {sorted(unused)} match no pretrained parameter (fnmatch "
+                     f"over paths such as {sorted(pretrained)[0]}/...; e.g. 'decoder*')")
+  return kept
 
 
 def merge_pretrained(fresh: Any, pretrained: Any) -> Any:
@@ -319,6 +351,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   tx, schedule = optim.make_optimizer(config.optim, tc.steps)
   per_device_rows = max(tc.batch_size // jax.device_count(), 1)
   init_params = ckpt.restore_params(config.init_from) if config.init_from else None
+  if init_params is not None and tc.get("init_skip"):
+    init_params = skip_pretrained(init_params, tc.init_skip)
   if init_params is not None and tc.get("init_embedding_rms"):
     init_params = embedding_init.rescale_tables(init_params, float(tc.init_embedding_rms))
   if tc.get("embedding_init") and init_params is None and not ckpt.has_checkpoint(workdir):

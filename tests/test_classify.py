@@ -94,6 +94,39 @@ def test_mean_pooling_ignores_padding():
   assert not np.allclose(apply(real), apply(b['tokens']), atol=1e-6)
 
 
+def test_init_skip_reinitialises_the_named_modules_and_names_a_wrong_prefix():
+  """`train.init_skip`: leaves under the named modules start from the fresh init, every other
+  pretrained leaf is loaded; a pattern that matches nothing is a one-line error."""
+  encoder = models.build('encoder', 'runlocal', **FIELDS)
+  b = _batch()
+  init = lambda seed: jax.tree.map(np.asarray, nn.unbox(encoder.init(  # noqa: E731
+      jax.random.key(seed), b['tokens'], segment_ids=b['segment_ids'],
+      positions=b['positions'])['params']))
+  pretrained, fresh = init(5), init(0)
+  layer = sorted(k for k in pretrained if k.startswith('layers'))[-1]  # the top layer
+  kept = train.skip_pretrained(pretrained, (layer,))
+  assert layer not in kept and set(kept) == set(pretrained) - {layer}
+  merged = train.merge_pretrained(fresh, kept)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(merged):
+    top = path[0].key
+    source = fresh if top == layer else pretrained
+    want = source
+    for k in path:
+      want = want[k.key]
+    np.testing.assert_array_equal(leaf, want)
+  # A module path covers that module only: 'layers_1' is not layers_10, 'attention' is not
+  # attention_norm; an fnmatch pattern names several.
+  sub = train.skip_pretrained(pretrained, f'{layer}/attention')
+  assert set(pretrained[layer]) - set(sub[layer]) == {'attention'}
+  assert 'attention_norm' in sub[layer]
+  names = train.skip_pretrained({'layers_1': {'w': 1}, 'layers_10': {'w': 2}}, 'layers_1')
+  assert names == {'layers_10': {'w': 2}}
+  assert set(train.skip_pretrained(pretrained, 'layers_*')) == set(pretrained) - {
+      k for k in pretrained if k.startswith('layers_')}
+  with pytest.raises(ValueError, match=r"train.init_skip: \['decoder\*'\] match no pretrained"):
+    train.skip_pretrained(pretrained, ('decoder*',))
+
+
 def test_params_only_init_puts_encoder_under_backbone():
   encoder = models.build('encoder', 'runlocal', **FIELDS)
   b = _batch()

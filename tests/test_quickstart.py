@@ -38,6 +38,11 @@ def test_configs_resolve():
     assert random.init_from == '' and random.optim.learning_rate == ft.optim.learning_rate
     with config.unlocked():
       config.train.embedding_init = 'ppmi_svd'
+      config.downstream.init_skip = ('layers_1',)
+    # Re-initialised modules (train.init_skip) concern the pretrained init only.
+    assert [finetune.finetune_config(config, 'rt_sentiment', init, 0, '/pretrain',
+                                     tokenizer_cfg=config.data.tokenizer).train.init_skip
+            for init in ('pretrained', 'random')] == [('layers_1',), ()]
     for init in ('pretrained', 'random'):  # a pretraining-stage option, never a fine-tune's
       assert finetune.finetune_config(config, 'rt_sentiment', init, 0, '/pretrain',
                                       tokenizer_cfg=config.data.tokenizer).train.embedding_init == ''

@@ -88,6 +88,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       # > 0: the embedding tables loaded from `init_from` are rescaled so the token table has this
       # RMS (function-preserving under the embedding LayerNorm; see embedding_init.rescale_tables).
       init_embedding_rms=0.0,
+      # Parameters not loaded from `init_from` but left at the fresh init: fnmatch patterns over
+      # '/'-joined paths, each covering the module it names ('decoder*', 'layers_11').
+      init_skip=(),
   ))
   cfg.update(overrides)
   return cfg

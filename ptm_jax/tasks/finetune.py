@@ -29,7 +29,9 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 warmup_steps=100, layerwise_lr_decay=1.0, eval_every=100,
                 # > 0: the pretrained embedding tables start fine-tuning at this token-table RMS
                 # (train.init_embedding_rms; function-preserving, see embedding_init.rescale_tables).
-                init_embedding_rms=0.0, eval_batch_size=0, early_stop_patience=0,
+                init_embedding_rms=0.0,
+                # Modules re-initialised instead of loaded (train.init_skip: 'decoder*', ...).
+                init_skip=(), eval_batch_size=0, early_stop_patience=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
                 train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
                 # > 0: classification rows hold up to this many examples, first-fit packed
@@ -86,6 +88,8 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.seed = int(seed)
     ft.init_from = pretrained_dir if init == 'pretrained' else ''
     ft.train.init_embedding_rms = float(field('init_embedding_rms')) if init == 'pretrained' else 0.0
+    skip = field('init_skip')
+    ft.train.init_skip = ((skip,) if isinstance(skip, str) else tuple(skip)) if init == 'pretrained' else ()
     # Count-based embedding init belongs to the pretraining stage: the random-init baseline stays
     # random, the pretrained init already carries it.
     if 'embedding_init' in ft.train:
