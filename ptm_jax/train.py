@@ -293,8 +293,12 @@ def _reads_test(history: list[dict[str, float]], dev: dict[str, float], tc) -> b
 
 
 def _should_stop_early(history: list[dict[str, float]], tc) -> bool:
-  """True when the dev metric has not improved for `early_stop_patience` evaluations."""
+  """True when the dev metric has not improved for `early_stop_patience` evaluations, at or after
+  step `early_stop_min_steps` (a fine-tune on a plateau early on may still leave it: GLM's on
+  news_headline sat at one dev loss for 700 steps, then fell 0.5 nats)."""
   if not tc.early_stop_patience or len(history) <= tc.early_stop_patience:
+    return False
+  if history[-1].get("step", 0) < tc.get("early_stop_min_steps", 0):
     return False
   sign = _sign(tc.early_stop_metric)
   values = [sign * h.get(tc.early_stop_metric, float("-inf")) for h in history]

@@ -129,6 +129,13 @@ def test_larger_sizes_plan(arg):
   steps = {m.name: m.steps for m in members}
   assert steps['t5'] == _comparison(arg).comparison.reference_steps
   assert steps['t5'] > steps['t5_iid'] > steps['bart']
+  # The gpu size's fine-tunes stop early only from step 500 on (a plateau is not an end).
+  from ptm_jax.tasks import finetune
+  config = _comparison(arg)
+  ft = finetune.finetune_config(config, 'news_headline', 'pretrained', 0, '/p',
+                                config.data.tokenizer)
+  assert (ft.train.early_stop_patience, ft.train.early_stop_min_steps) == (
+      3, 500 if arg == 'gpu' else 0)
 
 
 def test_runlocal_comparison_end_to_end(data_dir, tmp_path):

@@ -77,6 +77,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       test_at="best",        # 'best': only at evaluations that set a new best early_stop_metric
                              # (the only ones ever reported); 'every': at every evaluation
       early_stop_patience=0,  # evaluations without improvement before stopping; 0 = off
+      early_stop_min_steps=0,  # no early stop before this step
       early_stop_metric="eval/accuracy",
       checkpoint_every=1000,
       keep_checkpoints=2,

@@ -31,7 +31,7 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 # (train.init_embedding_rms; function-preserving, see embedding_init.rescale_tables).
                 init_embedding_rms=0.0,
                 # Modules re-initialised instead of loaded (train.init_skip: 'decoder*', ...).
-                init_skip=(), eval_batch_size=0, early_stop_patience=0,
+                init_skip=(), eval_batch_size=0, early_stop_patience=0, early_stop_min_steps=0,
                 pooling='cls', head_dropout_rate=0.1, weight_decay=0.01, seq_len=0,
                 train_examples=0, inits=INITS,  # ('pretrained',) drops the random-init baseline
                 # > 0: classification rows hold up to this many examples, first-fit packed
@@ -126,6 +126,7 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.train.eval_split = 'validation'
     ft.train.test_split = 'test'
     ft.train.early_stop_patience = int(field('early_stop_patience'))
+    ft.train.early_stop_min_steps = int(field('early_stop_min_steps'))
     ft.train.early_stop_metric = f'eval/{selection_metric(task)}'
     ft.train.log_every = max(1, min(int(ft.train.log_every), ft.train.eval_every))
     ft.train.checkpoint_every = steps  # only the final state: fine-tunes are short
