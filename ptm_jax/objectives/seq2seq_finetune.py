@@ -92,11 +92,8 @@ def corrupt(rng, batch, *, specials, options: Options = Options()):
   if options.form == 'encdec':
     return {**batch, 'inputs': batch['tokens'], 'input_segment_ids': batch['segment_ids'],
             'input_positions': batch['positions']}
-  if options.form != 'unilm':
-    return {**batch, 'inputs': batch['tokens']}
-  if options.score == 'next_token':  # nothing corrupted: next_token_rows adds the [MASK]s
-    return {**batch, 'inputs': batch['tokens'],
-            'weights': (batch['target_flags'] != 0).astype(jnp.float32)}
+  if options.form != 'unilm' or options.score == 'next_token':  # next_token_rows adds [MASK]s
+    return {**batch, 'inputs': batch['tokens']}  # UniLM rows weigh every target slot already
   tokens_BL = batch['tokens'].astype(jnp.int32)
   choose_rng, action_rng, random_rng = jax.random.split(rng, 3)
   chosen_BL = (batch['target_flags'] != 0) & (
@@ -190,7 +187,6 @@ def loss(params, batch, rng, *, model, specials=None, options: Options = Options
                          attention_mask=rows['attention_mask'],
                          logits_positions=rows['logits_positions'], deterministic=rng is None,
                          rngs=None if rng is None else {'dropout': rng})['logits']
-    batch = {**batch, 'weights': (batch['target_flags'] != 0).astype(jnp.float32)}
   else:
     logits = stack_logits(model, params, batch, options.form, rng=rng)
   return common.lm_loss_and_metrics(logits, batch['targets'], batch['weights'],

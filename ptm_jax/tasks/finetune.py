@@ -88,8 +88,8 @@ def finetune_config(config, task: str, init: str, seed: int, pretrained_dir: str
     ft.seed = int(seed)
     ft.init_from = pretrained_dir if init == 'pretrained' else ''
     ft.train.init_embedding_rms = float(field('init_embedding_rms')) if init == 'pretrained' else 0.0
-    skip = field('init_skip')
-    ft.train.init_skip = ((skip,) if isinstance(skip, str) else tuple(skip)) if init == 'pretrained' else ()
+    skip = field('init_skip') if init == 'pretrained' else ()
+    ft.train.init_skip = (skip,) if isinstance(skip, str) else tuple(skip)
     # Count-based embedding init belongs to the pretraining stage: the random-init baseline stays
     # random, the pretrained init already carries it.
     if 'embedding_init' in ft.train:
