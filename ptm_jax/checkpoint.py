@@ -7,6 +7,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 
 
@@ -81,20 +82,24 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
 def restore_params(path: str) -> Any:
   """Params-only restore (for fine-tuning from a pretraining run): host arrays, any model layout."""
   directory, step = latest_checkpoint_dir(path)
-  state_dir = os.path.join(directory, str(step), "state")
+  state_dir = epath.Path(directory) / str(step) / "state"
+  # The item's handler, not a Checkpointer: a Checkpointer looks for the step's metadata file in
+  # the item directory (the manager keeps it one level up) and warns on every fine-tune.
+  handler = ocp.PyTreeCheckpointHandler()
   try:
-    checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(state_dir)
+    meta = handler.metadata(state_dir)
     tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
     single = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=single), abstract)
-    out = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+    out = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
         item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
   except Exception as e:
     raise CheckpointError(
         f"cannot read params from checkpoint {directory}/{step} ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it a complete ptm_jax checkpoint?"
     ) from e
+  finally:
+    handler.close()
   logging.info("restored params from %s step %d", directory, step)
   return out["params"]

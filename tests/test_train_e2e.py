@@ -1,5 +1,6 @@
 """End-to-end runs of the generic loop on real text: loss falls, exact resume, SIGTERM, bad input."""
 import json
+import logging
 import re
 import os
 import signal
@@ -153,3 +154,27 @@ def test_padded_vocab_run_loads_with_the_tokenizers_vocab_size(data_dir, tmp_pat
   out = pre.model.apply({"params": pre.params}, tokens, segment_ids=jnp.ones_like(tokens),
                         positions=jnp.arange(8, dtype=jnp.int32)[None])
   assert out["logits"].shape == (1, 8, 8000)  # the padded rows are never scored or sampled
+
+
+def test_params_restore_is_quiet_and_names_a_corrupt_checkpoint(tmp_path, caplog):
+  state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+           "opt": {"m": np.ones(3, np.float32)}}
+  manager = ckpt.make_manager(str(tmp_path / "checkpoints"), max_to_keep=1, async_save=False)
+  ckpt.save(manager, 3, state, None, {"note": "test"}, force=True)
+  manager.close()
+  with caplog.at_level(logging.WARNING):
+    params = ckpt.restore_params(str(tmp_path))
+  np.testing.assert_array_equal(params["w"], state["params"]["w"])
+  assert set(params) == {"w"}  # params only: the optimizer state is not read
+  # Orbax's Checkpointer warned on every fine-tune that the step metadata is missing from the
+  # item directory; reading through the item's handler does not.
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  # A checkpoint whose array data is gone: one line naming the step and what to check.
+  data = tmp_path / "checkpoints" / "3" / "state" / "d"
+  for f in data.iterdir():
+    f.unlink()
+  with pytest.raises(ckpt.CheckpointError) as err:
+    ckpt.restore_params(str(tmp_path))
+  message = str(err.value)
+  assert "\n" not in message and "checkpoints/3" in message
+  assert "is it a complete ptm_jax checkpoint?" in message
