@@ -27,6 +27,14 @@ Recipe, per step (everything on device, seeded from the step rng):
     as the released code's input_mask).
   * total loss = L_MLM + disc_weight * L_Disc, disc_weight (lambda) = 50.
 
+Controls (not the method; they tell "cannot learn" from "broken" at small scale): a temperature of
+1e6 flattens the generator's softmax into uniform draws (the released code's `uniform_generator`):
+a uniform draw is told apart by the token itself, a rare token being rarely original.
+`replacement='shuffle'` writes at each selected position the original token of a selected position
+drawn uniformly from the whole batch: the masked tokens' own unigram distribution, so the token
+alone says nothing (an original and its replacement are drawn from one distribution) and only the
+context can expose it. The generator still trains on its MLM loss; its samples go unused.
+
 Parameters: {'discriminator': a complete `models.encoder` tree (embeddings + blocks; its unused
 MLM/pooler/NSP heads are never created), 'generator': {'embed_project', 'encoder': {layers_i},
 'mlm_head'}, 'rtd_head'}. `discriminator_params(params)` is what a fine-tune loads: the encoder a
@@ -64,6 +72,9 @@ from ptm_jax.models import encoder
 from ptm_jax.objectives import common, mlm
 
 
+REPLACEMENTS = ('generator', 'shuffle')
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """ELECTRA hyper-parameters (paper appendix A, Table 6; released-code masking)."""
@@ -77,6 +88,7 @@ class Options:
   generator_num_layers: int = 0  # 0 = the discriminator's depth
   disc_weight: float = 50.0  # lambda
   temperature: float = 1.0  # sampling temperature of the generator's softmax
+  replacement: str = 'generator'  # 'generator' (the method) | 'shuffle' (context-only control)
 
   def __post_init__(self):
     self.mlm_options()  # validates the masking rates
@@ -88,6 +100,9 @@ class Options:
     if self.disc_weight < 0 or self.temperature <= 0:
       raise ValueError('electra.Options: disc_weight must be >= 0 and temperature > 0, got '
                        f'{self.disc_weight}, {self.temperature}')
+    if self.replacement not in REPLACEMENTS:
+      raise ValueError(f'electra.Options.replacement must be one of {REPLACEMENTS}, got '
+                       f'{self.replacement!r}')
 
   def mlm_options(self) -> mlm.Options:
     return mlm.Options(mask_rate=self.mask_rate, mask_token_rate=self.mask_token_rate,
@@ -223,6 +238,14 @@ def sample_tokens(rng, logits, temperature: float = 1.0) -> jax.Array:
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def shuffled_originals(rng, targets, weights) -> jax.Array:
+  """For every slot of `targets`, the target of a weighted slot drawn uniformly over the batch."""
+  flat_targets = jnp.asarray(targets, jnp.int32).reshape(-1)
+  logits = jnp.where(jnp.asarray(weights).reshape(-1) > 0, 0.0, -jnp.inf)
+  picks = jax.random.categorical(rng, logits, shape=targets.shape)
+  return flat_targets[picks]
+
+
 def replace_tokens(tokens_BL, sampled, weights, positions_BK=None) -> jax.Array:
   """`tokens_BL` with `sampled` written where `weights` > 0 (at `positions_BK` when sparse)."""
   tokens_BL = jnp.asarray(tokens_BL, jnp.int32)
@@ -262,7 +285,10 @@ def loss_terms(params, batch, rng, *, model, options: Options = Options()):
   mlm_loss, mlm_metrics = common.lm_loss_and_metrics(gen['logits'], targets, weights)
 
   original_BL = jnp.asarray(batch['tokens'], jnp.int32)
-  sampled = sample_tokens(sample_rng, gen['logits'], options.temperature)
+  if options.replacement == 'shuffle':
+    sampled = shuffled_originals(sample_rng, targets, weights)
+  else:
+    sampled = sample_tokens(sample_rng, gen['logits'], options.temperature)
   corrupted_BL = replace_tokens(original_BL, sampled, weights, positions_BK)
   labels_BL = rtd_labels(corrupted_BL, original_BL)
 
