@@ -34,6 +34,8 @@ the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-
       --config.optim.learning_rate=2e-3 --config.optim.warmup_steps=50 \
       --config.train.batch_size=32 --config.train.steps=1000
   # the control: the same flags and --config.objective.temperature=1e6
+  # context only (2026-12-06): --config.objective.replacement=shuffle (each replaced token is
+  # another selected position's original from the batch: the token alone tells nothing)
 """
 from ptm_jax.configs import base
 
