@@ -57,6 +57,12 @@ class Options:
   length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  # > 0: no n-gram of this size occurs twice in a row's output (BART's summarisation decoding
+  # uses 3): the generated tokens, after the decoder start token of an encoder-decoder (as in
+  # transformers); a decoder's prompt is not part of it (transformers' is), so a prefix LM may
+  # still copy its source.
+  no_repeat_ngram_size: int = 0
+  min_new_tokens: int = 0  # EOS is banned before this many tokens were generated
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
@@ -70,6 +76,12 @@ class Options:
       raise ValueError(f'top_p must be in (0, 1] and top_k >= 0, got {self.top_p}, {self.top_k}')
     if self.num_beams < 1:
       raise ValueError(f'num_beams must be >= 1, got {self.num_beams}')
+    if self.no_repeat_ngram_size < 0:
+      raise ValueError(f'no_repeat_ngram_size must be >= 0 (0 = off), got '
+                       f'{self.no_repeat_ngram_size}')
+    if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+      raise ValueError(f'min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got '
+                       f'{self.min_new_tokens}')
     object.__setattr__(self, 'eos_ids', tuple(int(i) for i in self.eos_ids))
 
 
@@ -202,7 +214,48 @@ def _is_eos(tokens, eos_ids: tuple[int, ...]) -> jnp.ndarray:
   return jnp.any(tokens[..., None] == eos, axis=-1)
 
 
-def _sample_loop(logits, cache, positions, step, extras, options: Options, rng):
+def _banned_ngram_ends(seqs_XN: jnp.ndarray, i, size: int, vocab: int) -> jnp.ndarray:
+  """`[X, V]` True where a token would complete an n-gram (n = `size`) already in the row.
+
+  `seqs_XN` holds the generated tokens in columns < i. An n-gram starting at column j (its
+  last token at j + size - 1 < i) whose first size - 1 tokens equal the row's last size - 1
+  bans its last token; all starts are compared at once (static shapes under jit).
+  """
+  x, n = seqs_XN.shape
+  padded = jnp.pad(seqs_XN, ((0, 0), (0, size)))
+  starts = jnp.arange(n)
+  match = (starts + size - 1 < i)[None, :] & (i >= size - 1)
+  for t in range(size - 1):  # column t of each window against the row's (t+1)-th last token
+    last = jax.lax.dynamic_index_in_dim(padded, jnp.maximum(i - size + 1 + t, 0), axis=1)
+    match = match & (padded[:, t:t + n] == last)
+  ends = padded[:, size - 1:size - 1 + n]
+  rows = jnp.broadcast_to(jnp.arange(x)[:, None], (x, n))
+  return jnp.zeros((x, vocab), bool).at[rows, ends].max(match)
+
+
+def _constrain(logp_XV: jnp.ndarray, seqs_XN: jnp.ndarray, i, options: Options,
+               start_id: int | None = None) -> jnp.ndarray:
+  """Logits or log-probs with the banned continuations at -inf (transformers' logits processors
+  `no_repeat_ngram_size` and `min_new_tokens`): repeated n-grams, and EOS too early.
+
+  An encoder-decoder's history starts with its decoder start token (`start_id`), as in
+  transformers and fairseq: its first input is part of the n-grams."""
+  if options.no_repeat_ngram_size:
+    history, filled = seqs_XN, i
+    if start_id is not None:
+      history = jnp.concatenate([jnp.full_like(seqs_XN[:, :1], start_id), seqs_XN], axis=1)
+      filled = i + 1
+    banned = _banned_ngram_ends(history, filled, options.no_repeat_ngram_size,
+                                logp_XV.shape[-1])
+    logp_XV = jnp.where(banned, -jnp.inf, logp_XV)
+  if options.min_new_tokens and options.eos_ids:
+    eos_V = jnp.zeros((logp_XV.shape[-1],), bool).at[jnp.asarray(options.eos_ids)].set(True)
+    logp_XV = jnp.where(eos_V[None, :] & (i < options.min_new_tokens), -jnp.inf, logp_XV)
+  return logp_XV
+
+
+def _sample_loop(logits, cache, positions, step, extras, options: Options, rng,
+                 start_id: int | None = None):
   b, n = logits.shape[0], options.max_new_tokens
 
   def choose(logits_BV, key):
@@ -219,7 +272,9 @@ def _sample_loop(logits, cache, positions, step, extras, options: Options, rng):
   def body(state):
     i, out, logits, cache, positions, done, lengths, scores, rng = state
     rng, key = jax.random.split(rng)
-    token = choose(logits, key)
+    # Bans act on the logits (-inf there is -inf after any temperature or filter); the score
+    # stays the model's own log-prob of the chosen token.
+    token = choose(_constrain(logits.astype(jnp.float32), out, i, options, start_id), key)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), token[:, None],
                                axis=-1)[:, 0]
     token = jnp.where(done, options.pad_id, token)
@@ -246,7 +301,8 @@ def _follows_beam(path, x) -> bool:
   return x.ndim > 0 and getattr(last, 'key', None) not in ('cross_key', 'cross_value')
 
 
-def _beam_search(logits, cache, positions, step, extras, options: Options):
+def _beam_search(logits, cache, positions, step, extras, options: Options,
+                 start_id: int | None = None):
   k, n, alpha = options.num_beams, options.max_new_tokens, options.length_penalty
   b, v = logits.shape
   neg_inf = jnp.float32(-jnp.inf)
@@ -269,7 +325,8 @@ def _beam_search(logits, cache, positions, step, extras, options: Options):
 
   def body(state):
     i, alive_seq, alive_lp, fin_seq, fin_score, logits, cache, positions = state
-    logp_BKV = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, v)
+    logp_BKV = _constrain(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                          alive_seq.reshape(b * k, n), i, options, start_id).reshape(b, k, v)
     cand_BC = (alive_lp[:, :, None] + logp_BKV).reshape(b, k * v)
     cand_lp, cand_idx = jax.lax.top_k(cand_BC, 2 * k)
     parent, token = cand_idx // v, (cand_idx % v).astype(jnp.int32)
@@ -313,9 +370,10 @@ def _beam_search(logits, cache, positions, step, extras, options: Options):
 @functools.partial(jax.jit, static_argnames=('model', 'options'))
 def _generate(model, params, inputs, options: Options, rng):
   logits, cache, positions, step, extras = _prefill(model, params, inputs, options)
+  start_id = model.config.decoder_start_id if is_encoder_decoder(model) else None
   if options.strategy == 'beam':
-    return _beam_search(logits, cache, positions, step, extras, options)
-  return _sample_loop(logits, cache, positions, step, extras, options, rng)
+    return _beam_search(logits, cache, positions, step, extras, options, start_id)
+  return _sample_loop(logits, cache, positions, step, extras, options, rng, start_id)
 
 
 def generate(model, params, inputs: dict[str, Any], options: Options = Options(),

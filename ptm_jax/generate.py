@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--temperature', type=float, default=1.0)
   parser.add_argument('--top_k', type=int, default=0)
   parser.add_argument('--top_p', type=float, default=1.0)
+  parser.add_argument('--no_repeat_ngram_size', type=int, default=0,
+                      help='no n-gram of this size twice in the output (0 = off)')
+  parser.add_argument('--min_new_tokens', type=int, default=0, help='no EOS before this many')
   parser.add_argument('--seed', type=int, default=0, help='sampling seed')
   args = parser.parse_args(argv)
   from ptm_jax import interop
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     options = decoding.Options(
         max_new_tokens=args.max_new_tokens, strategy=args.strategy, num_beams=args.num_beams,
         length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p)
+        top_p=args.top_p, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        min_new_tokens=args.min_new_tokens)
     pre = interop.load_pretrained(args.pretrained)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

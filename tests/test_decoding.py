@@ -305,6 +305,92 @@ def test_beam_search_finds_exhaustive_best(kind):
   assert np.all(np.asarray(two['scores']) >= np.asarray(greedy['scores']) - 1e-5)
 
 
+def _repeats_ngram(row, size: int) -> bool:
+  grams = [tuple(row[j:j + size]) for j in range(len(row) - size + 1)]
+  return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize('kind', ['llama', 'bart'])
+def test_no_repeat_ngram_and_min_new_tokens_constrain_every_strategy(kind):
+  # The unconstrained greedy titles repeat a bigram (the tiny random model loops); constrained,
+  # no strategy repeats one, beam 1 and top-k 1 still equal greedy, and EOS comes no earlier
+  # than `min_new_tokens`.
+  model, params, inputs, n = _model(kind), _params(kind), _inputs(kind), 16
+  free = np.asarray(decoding.generate(model, params, inputs,
+                                      decoding.Options(max_new_tokens=n))['tokens'])
+  assert any(_repeats_ngram(list(r), 2) for r in free), free
+  eos = int(free[0, 1])  # row 0's second token: min_new_tokens=4 must push it back
+  opts = dict(max_new_tokens=n, eos_ids=(eos,), no_repeat_ngram_size=2, min_new_tokens=4)
+  greedy = decoding.generate(model, params, inputs, decoding.Options(**opts))
+  beam1 = decoding.generate(model, params, inputs, decoding.Options(
+      **opts, strategy='beam', num_beams=1, length_penalty=0.0))
+  beam4 = decoding.generate(model, params, inputs, decoding.Options(
+      **opts, strategy='beam', num_beams=4, length_penalty=0.6))
+  top1 = decoding.generate(model, params, inputs, decoding.Options(
+      **opts, strategy='sample', top_k=1), rng=jax.random.key(3))
+  sampled = decoding.generate(model, params, inputs, decoding.Options(
+      **opts, strategy='sample', temperature=1.5), rng=jax.random.key(4))
+  np.testing.assert_array_equal(beam1['tokens'], greedy['tokens'])
+  np.testing.assert_array_equal(top1['tokens'], greedy['tokens'])
+  for out in (greedy, beam4, sampled):
+    for row, length in zip(np.asarray(out['tokens']), np.asarray(out['lengths'])):
+      row = list(row[:length])
+      assert not _repeats_ngram(row, 2), row
+      assert eos not in row[:4] and length >= min(5, n), row
+  # A chosen token is never banned and bans do not renormalise: beam 1's constrained log-probs
+  # sum to greedy's score, the model's own log-probs of its tokens.
+  np.testing.assert_allclose(beam1['scores'], greedy['scores'], atol=1e-4)
+
+
+@pytest.mark.parametrize('kind', ['llama', 't5'])
+def test_constrained_beam_search_finds_constrained_exhaustive_best(kind):
+  # With a beam per sequence, beam search under the constraints returns the best-scoring
+  # sequence among those that keep them (scores: the model's log-probs, as transformers scores
+  # them after its logits processors), found by enumeration.
+  vocab, n, eos, alpha, size, least = 4, 4, 0, 1.0, 2, 2
+  model, params = _model(kind, vocab), _params(kind, vocab, seed=5)
+  conts = np.asarray(list(itertools.product(range(vocab), repeat=n)), np.int32)
+  if kind == 'llama':
+    prompts = [[1, 2, 3], [3, 1]]
+    inputs = decoding.left_pad(prompts)
+  else:
+    inputs = {'encoder_tokens': np.array([[1, 2, 3, 1], [3, 1, 2, 0]], np.int32),
+              'encoder_segment_ids': np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int32)}
+    start = np.full((len(conts), 1), model.config.decoder_start_id, np.int32)
+    forced = jax.jit(lambda p, e, es, d: model.apply(
+        {'params': p}, e, es, d, jnp.ones_like(d), method=_teacher_forced))
+  beam = decoding.generate(model, params, inputs, decoding.Options(
+      max_new_tokens=n, eos_ids=(eos,), strategy='beam', num_beams=vocab ** n,
+      length_penalty=alpha, no_repeat_ngram_size=size, min_new_tokens=least))
+  unconstrained_best = []
+  for row in range(2):
+    if kind == 'llama':
+      seqs = np.concatenate([np.tile(prompts[row], (len(conts), 1)), conts], axis=1)
+      seqs = seqs.astype(np.int32)
+      logits = _full_decoder_logits(model, params, seqs, np.ones_like(seqs),
+                                    np.broadcast_to(np.arange(seqs.shape[1]), seqs.shape))
+      logp = np.asarray(jax.nn.log_softmax(logits[:, len(prompts[row]) - 1:-1]))
+    else:
+      tile = lambda x: np.tile(x[row], (len(conts), 1))  # noqa: E731
+      logits = forced(params, tile(inputs['encoder_tokens']), tile(inputs['encoder_segment_ids']),
+                      np.concatenate([start, conts[:, :-1]], axis=1))
+      logp = np.asarray(jax.nn.log_softmax(logits))
+    token_lp = np.take_along_axis(logp, conts[:, :, None], axis=2)[:, :, 0]
+    best, kept = {}, {}
+    for c, lp in zip(conts, token_lp):
+      cut, length = _cut_at_eos(c, eos)
+      best[tuple(cut)] = lp[:length].sum() / length ** alpha
+      # An encoder-decoder's n-grams include its decoder start token (as transformers').
+      history = ([] if kind == 'llama' else [model.config.decoder_start_id]) + cut[:length]
+      if not _repeats_ngram(history, size) and eos not in cut[:least]:
+        kept[tuple(cut)] = best[tuple(cut)]
+    want = max(kept, key=kept.get)
+    np.testing.assert_array_equal(beam['tokens'][row], want)
+    np.testing.assert_allclose(beam['scores'][row], kept[want], atol=1e-4)
+    unconstrained_best.append(max(best, key=best.get) != want)
+  assert any(unconstrained_best)  # the constraints changed at least one row's answer
+
+
 def test_filter_logits_keeps_top_k_and_nucleus():
   logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]]))
   kept = lambda **kw: np.isfinite(np.asarray(decoding.filter_logits(logits, **kw)))[0].tolist()
@@ -331,5 +417,9 @@ def test_bad_inputs_are_one_line_errors():
     decoding.generate(model, params, decoding.left_pad([[5]]), decoding.Options(strategy='sample'))
   with pytest.raises(ValueError, match='unknown strategy'):
     decoding.Options(strategy='nucleus')
+  with pytest.raises(ValueError, match='no_repeat_ngram_size must be >= 0'):
+    decoding.Options(no_repeat_ngram_size=-1)
+  with pytest.raises(ValueError, match='min_new_tokens must be in'):
+    decoding.Options(max_new_tokens=4, min_new_tokens=5)
   with pytest.raises(ValueError, match='at least one token'):
     decoding.left_pad([[1], []])

@@ -237,7 +237,9 @@ def _hf_generate(hf, prompts, options, pad_id, start_id):
                       else 1, length_penalty=options.length_penalty, early_stopping='never',
                       eos_token_id=list(options.eos_ids) or None, pad_token_id=pad_id,
                       decoder_start_token_id=start_id, forced_bos_token_id=None,
-                      forced_eos_token_id=None, no_repeat_ngram_size=0, min_length=0)
+                      forced_eos_token_id=None, min_length=0,
+                      no_repeat_ngram_size=options.no_repeat_ngram_size,
+                      min_new_tokens=options.min_new_tokens)
   rows = []
   for row in out[:, 1:].tolist():  # drop the decoder start token
     ends = [i for i, t in enumerate(row) if t in options.eos_ids]
@@ -266,3 +268,17 @@ def test_generation_matches_transformers(case, tmp_path):
                                    strategy='beam', num_beams=3, length_penalty=1.0)):
     ours = generate.generate_ids(pre.model, pre.params, prompts, options)
     assert ours == _hf_generate(hf, prompts, options, pad_id, start_id), options.strategy
+  # transformers' no_repeat_ngram_size and min_new_tokens processors, over 12 tokens where the
+  # free titles repeat a bigram (a random model loops), with EOS the first token of row 1.
+  long = generate.generate_ids(pre.model, pre.params, prompts,
+                               decoding.Options(max_new_tokens=12, pad_id=pad_id))
+  grams = lambda row: [tuple(row[j:j + 2]) for j in range(len(row) - 1)]  # noqa: E731
+  assert any(len(set(grams(r))) < len(grams(r)) for r in long), long
+  eos = long[1][0]
+  for strategy in ('greedy', 'beam'):
+    options = decoding.Options(max_new_tokens=12, eos_ids=(eos,), pad_id=pad_id,
+                               strategy=strategy, num_beams=3, length_penalty=1.0,
+                               no_repeat_ngram_size=2, min_new_tokens=3)
+    ours = generate.generate_ids(pre.model, pre.params, prompts, options)
+    assert ours == _hf_generate(hf, prompts, options, pad_id, start_id), strategy
+    assert all(len(set(grams(r))) == len(grams(r)) and eos not in r[:3] for r in ours), ours

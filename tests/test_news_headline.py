@@ -22,7 +22,7 @@ from ptm_jax.data import sources
 from ptm_jax.data.sources import downstream, news_en, news_headline
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.objectives import seq2seq, seq2seq_finetune
-from ptm_jax.tasks import finetune, generation, stack_cache
+from ptm_jax.tasks import finetune, generation, redecode, stack_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = SpecialIds(300, extra=(5, 6))
@@ -431,6 +431,27 @@ def test_generation_finetune_end_to_end(data_dir, tmp_path, monkeypatch):
   # A rerun reuses the decoded scores (generation.json) instead of decoding again.
   again = run_lib.run(config, workdir)['downstream']['rows']
   assert [r['test_rougeL'] for r in again] == [r['test_rougeL'] for r in rows]
+  # tasks/redecode.py: with nothing changed, the selected checkpoints decode the recorded ROUGE
+  # again; with a change, the new titles go beside the originals, which stay as they were.
+  originals = [open(os.path.join(r['workdir'], 'generations_test.jsonl')).read() for r in rows]
+  table = redecode.run(workdir, {})
+  same = json.load(open(os.path.join(workdir, 'redecode_same.json')))['rows']
+  assert [r['init'] for r in same] == ['pretrained', 'random'] and '| pretrained |' in table
+  for r in same:
+    assert all(r[f'after_{k}'] == r[f'before_{k}'] for k in generation.ROUGE_KEYS), r
+    assert r['after_distinct'] == r['before_distinct'] and r['examples'] == 16
+  redecode.run(workdir, {'no_repeat_ngram_size': 1, 'min_new_tokens': 4})
+  changed = json.load(open(os.path.join(workdir, 'redecode_nrng1_min4.json')))['rows']
+  for r, row, original in zip(changed, rows, originals):
+    assert 'no_repeat_ngram_size=1, min_new_tokens=4' in r['options']
+    assert open(os.path.join(row['workdir'], 'generations_test.jsonl')).read() == original
+    with open(os.path.join(row['workdir'], 'generations_test.nrng1_min4.jsonl')) as f:
+      titles = [json.loads(line) for line in f]
+    assert len(titles) == 16
+    scored = generation.rouge([t['prediction'] for t in titles], [t['reference'] for t in titles])
+    assert all(r[f'after_{k}'] == scored[k] for k in generation.ROUGE_KEYS)
+  with pytest.raises(FileNotFoundError, match='compare_seq2seq.json, downstream.json'):
+    redecode.run(str(tmp_path / 'nothing'), {})
 
 
 def test_positions_too_short_is_a_one_line_error():

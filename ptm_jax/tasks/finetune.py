@@ -43,10 +43,11 @@ DEFAULTS = dict(tasks=(), seeds=(0,), steps=1000, batch_size=32, learning_rate=5
                 finetune=True,
                 # Generation tasks (tasks/generation.py): title length, the family's seq2seq form
                 # ('' = by family), the decoding search, the decoded splits and a cap on their
-                # examples (0 = all).
+                # examples (0 = all); no_repeat_ngram_size / min_new_tokens constrain any search
+                # (decoding.Options; 0 = off).
                 target_len=32, generation_form='', label_smoothing=0.0, decode_strategy='beam',
-                num_beams=4, length_penalty=0.6, generation_splits=('validation', 'test'),
-                generation_examples=0)
+                num_beams=4, length_penalty=0.6, no_repeat_ngram_size=0, min_new_tokens=0,
+                generation_splits=('validation', 'test'), generation_examples=0)
 
 
 def downstream_field(config, name: str) -> Any:

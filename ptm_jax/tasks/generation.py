@@ -117,14 +117,17 @@ def configure(ft, config, field) -> None:
 
 
 def decode_options(field, specials) -> decoding.Options:
-  """decoding.Options of the configured search (beam: num_beams, length_penalty)."""
+  """decoding.Options of the configured search (beam: num_beams, length_penalty; any strategy:
+  no_repeat_ngram_size, min_new_tokens)."""
   strategy = str(field('decode_strategy'))
   if strategy not in STRATEGIES:
     raise ValueError(f'downstream.decode_strategy={strategy!r}; use one of {", ".join(STRATEGIES)}')
   return decoding.Options(max_new_tokens=int(field('target_len')), strategy=strategy,
                           num_beams=int(field('num_beams')),
                           length_penalty=float(field('length_penalty')),
-                          eos_ids=(specials.eos,), pad_id=specials.pad)
+                          eos_ids=(specials.eos,), pad_id=specials.pad,
+                          no_repeat_ngram_size=int(field('no_repeat_ngram_size')),
+                          min_new_tokens=int(field('min_new_tokens')))
 
 
 # ---- decoding ------------------------------------------------------------------------------------
@@ -269,6 +272,30 @@ def generate_split(model, params, ft, tokenizer, split: str, options: decoding.O
 
 # ---- one fine-tune -------------------------------------------------------------------------------
 
+def decode_and_score(ft, run_dir: str, step: int, tokenizer, options: decoding.Options,
+                     splits, limit: int = 0, suffix: str = '') -> dict[str, dict[str, float]]:
+  """ROUGE of the titles that the fine-tune's step-`step` parameters decode with `options`.
+
+  The generations go to `run_dir/generations_<split><suffix>.jsonl`; returns, per split, the
+  ROUGE-1/2/L F-measures and the number of examples.
+  """
+  objective = objectives.get('seq2seq_finetune')
+  obj_options = objectives.build_options(objective, ft.objective)
+  model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
+  params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(step)))
+  params = jax.device_put(params, jax.devices()[0])  # restored on the host; decode on the device
+  scores = {}
+  for split in splits:
+    generated = generate_split(model, params, ft, tokenizer, split, options, limit)
+    scores[split] = {**rouge([g['prediction'] for g in generated],
+                             [g['reference'] for g in generated]), 'examples': len(generated)}
+    if jax.process_index() == 0:
+      path = os.path.join(run_dir, f'generations_{split}{suffix}.jsonl')
+      with open(path, 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(g, ensure_ascii=False) + '\n' for g in generated)
+  return scores
+
+
 def _eval_history(result, run_dir: str) -> list[dict[str, float]]:
   if result.eval_history:
     return list(result.eval_history)
@@ -318,19 +345,7 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
       cached = json.load(f)
     scores = cached['scores'] if cached.get('settings') == settings else None
   if scores is None:
-    objective = objectives.get('seq2seq_finetune')
-    obj_options = objectives.build_options(objective, ft.objective)
-    model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
-    params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(best['step'])))
-    params = jax.device_put(params, jax.devices()[0])  # restored on the host; decode on the device
-    scores = {}
-    for split in splits:
-      generated = generate_split(model, params, ft, tokenizer, split, options, limit)
-      scores[split] = {**rouge([g['prediction'] for g in generated],
-                               [g['reference'] for g in generated]), 'examples': len(generated)}
-      if jax.process_index() == 0:
-        with open(os.path.join(run_dir, f'generations_{split}.jsonl'), 'w', encoding='utf-8') as f:
-          f.writelines(json.dumps(g, ensure_ascii=False) + '\n' for g in generated)
+    scores = decode_and_score(ft, run_dir, int(best['step']), tokenizer, options, splits, limit)
     if jax.process_index() == 0:
       with open(cache_path, 'w', encoding='utf-8') as f:
         json.dump({'settings': settings, 'scores': scores}, f, indent=1)
