@@ -29,6 +29,12 @@ move to a finished pool without starving the live ones (an EOS counts only from 
 `num_beams` candidates, as in HF, so one beam is exactly greedy); finished score = sum of
 log-probs / (generated tokens, EOS included) ** `length_penalty`. It stops early once no live
 beam can beat the worst finished one, and live beams compete with finished ones at the end.
+
+Constraints (any strategy, as transformers' logits processors, applied after the log-softmax so
+a ban never renormalises): `no_repeat_ngram_size` bans each token that would complete an n-gram
+already in the row's output (compared over a static buffer of all start columns at once);
+`min_new_tokens` bans EOS before that many tokens. Scores stay the model's log-probs of the
+chosen tokens.
 """
 from __future__ import annotations
 

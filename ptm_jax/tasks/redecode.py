@@ -13,8 +13,9 @@ row's own search changed by the flags, and writes a before/after table:
 
 Per member / init (mean ± sample std over seeds): test ROUGE-1/2/L before and after, the
 distinct titles among the split's examples, and the share of titles that repeat a trigram of
-tokenizer pieces (the degenerate `Trump'sssss...` loops of an undertrained decoder). With no flag changed the
-re-decoding reproduces the recorded scores (a check of the tool; tests/test_news_headline.py).
+tokenizer pieces (the degenerate `Trump'sssss...` loops of an undertrained decoder). With no
+flag changed the re-decoding reproduces the recorded scores (a check of the tool;
+tests/test_news_headline.py).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], spl
   """Decodes one row's selected checkpoint with its search changed by `changes`."""
   from ptm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
   from ptm_jax.tasks import finetune, generation  # pylint: disable=g-import-not-at-top
-  run_dir = row['workdir'] if os.path.isabs(row['workdir']) else os.path.join(workdir, row['workdir'])
+  run_dir = os.path.join(workdir, row['workdir'])  # rows of a comparison are relative to it
   with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
     ft = ml_collections.ConfigDict(json.load(f))
   tokenizer = tokenizers.load_or_train(ft.data.tokenizer, ft.data)
@@ -97,7 +98,8 @@ def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], spl
   prefix = 'dev' if split == 'validation' else 'test'
   return {'member': row.get('member', ''), 'init': row['init'], 'seed': int(row['seed']),
           'workdir': row['workdir'], 'best_step': int(row['best_step']), 'options': repr(options),
-          **{f'before_{k}': float(row.get(f'{prefix}_{k}', math.nan)) for k in generation.ROUGE_KEYS},
+          **{f'before_{k}': float(row.get(f'{prefix}_{k}', math.nan))
+             for k in generation.ROUGE_KEYS},
           **{f'after_{k}': scores[k] for k in generation.ROUGE_KEYS},
           **{f'before_{k}': v for k, v in titles_stats(before, tokenizer).items()},
           **{f'after_{k}': v for k, v in titles_stats(after, tokenizer).items()},
@@ -125,12 +127,13 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[
     groups.setdefault((r['member'], r['init']), []).append(r)
   for (member, init), rs in groups.items():
     label = members.get(member, {}).get('label', member) if member else init
-    cells = [f'{_mean_std([r[f"before_{k}"] for r in rs])} → {_mean_std([r[f"after_{k}"] for r in rs])}'
+    cells = [' → '.join(_mean_std([r[f'{when}_{k}'] for r in rs]) for when in ('before', 'after'))
              for k in ('rouge1', 'rouge2', 'rougeL')]
     distinct = lambda when: ' / '.join(f'{r[f"{when}_distinct"]:.0f}' for r in rs)  # noqa: E731
     share = lambda when: ' / '.join(f'{r[f"{when}_repeat_share"]:.2f}' for r in rs)  # noqa: E731
     lines.append(f'| {label} | {init} | {len(rs)} | {" | ".join(cells)} | '
-                 f'{distinct("before")} → {distinct("after")} | {share("before")} → {share("after")} |')
+                 f'{distinct("before")} → {distinct("after")} | '
+                 f'{share("before")} → {share("after")} |')
   return '\n'.join(lines) + '\n'
 
 
