@@ -17,7 +17,8 @@ budget (`reference_steps` steps of the reference). `run.run` hands such a config
      only (feature-based transfer of the same checkpoints, in minutes). A finished unit leaves
      a record (ptm_jax/compare_records.py) and is never run again:
      `comparison.records_dir`, `run_only` and `time_budget_s` split a comparison over machines,
-     calls and sessions;
+     calls and sessions; more `downstream.seeds` than a record holds fine-tune only the
+     missing seeds (from the unit's pretrained checkpoint in the workdir) and extend it;
   4. a markdown table, a bar plot and a JSON file (`comparison.output_name`) of every recorded
      unit land in the workdir (ptm_jax/compare_report.py).
 Members of different families (experiments/compare_seq2seq.py: encoder-decoders next to single
@@ -269,14 +270,23 @@ def _run(config, workdir: str) -> dict[str, Any]:
   for i, (name, m) in enumerate(zip(names, units)):
     key = records.key((m or reference).config, budget, tokenizer.vocab_size)
     record = store.get(name, key)
-    if record is None and (stopped or (run_only and name not in run_only)):
+    to_run = record is None or bool(record.get('seeds_to_add'))
+    if to_run and (stopped or (run_only and name not in run_only)):
       continue
-    if record is None and not clock.may_start():
+    if to_run and not clock.may_start():
       _say(f'time budget {clock.budget_s:.0f}s: {clock.used_s():.0f}s used, stopping before '
            f'{name}; rerun the same command to go on')
       stopped = True
       continue
-    if record is None:
+    if record is not None and record.get('seeds_to_add'):
+      t0 = time.time()
+      record = _extend_unit(config, workdir, f'[{i + 1}/{len(units)}]', m, reference, store,
+                            name, key, record)
+      if record is None:  # preempted: the record stays as it was, the new run dirs resume
+        stopped = True
+        continue
+      clock.unit_done(time.time() - t0)
+    elif record is None:
       t0 = time.time()
       result, unit_rows, preempted = _run_unit(config, workdir, f'[{i + 1}/{len(units)}]', m,
                                                reference, budget, tokenizer.vocab_size)
@@ -321,10 +331,30 @@ def _run_unit(config, workdir, tag: str, m: Member | None, reference: Member, bu
   return result, rows, bool(rows) and rows[-1]['preempted']
 
 
-def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list[dict[str, Any]]:
-  """Every (task, seed) of one unit: the random-init baseline (m None) or a pretrained member."""
+def _extend_unit(config, workdir, tag: str, m: Member | None, reference: Member, store, name: str,
+                 key, record) -> dict[str, Any] | None:
+  """A recorded unit with fewer seeds than planned: fine-tunes the missing seeds from the unit's
+  pretrained checkpoint and returns the extended record (None if preempted)."""
+  seeds = [int(s) for s in record['seeds_to_add']]
+  if m is not None and not os.path.isdir(os.path.join(workdir, m.name, 'pretrain', 'checkpoints')):
+    raise ValueError(f'{name}\'s record lacks seeds {seeds}, which fine-tune its pretrained '
+                     f'checkpoint, and there is none in {os.path.join(workdir, m.name, "pretrain")}; '
+                     'copy the pretrain directory there (or move the record away to rerun the unit)')
+  _say(f'{tag} {name}: from its record ({record["made"]["device"]}, {record["made"]["date"]}), '
+       f'adding seeds {", ".join(map(str, seeds))}')
+  rows = _finetune_unit(config, workdir, m, reference, seeds=seeds, probes=False)
+  if rows and rows[-1]['preempted']:
+    return None
+  return store.extend(name, key, record, rows, workdir)
+
+
+def _finetune_unit(config, workdir, m: Member | None, reference: Member, seeds=None,
+                   probes: bool = True) -> list[dict[str, Any]]:
+  """Every (task, seed) of one unit: the random-init baseline (m None) or a pretrained member;
+  `seeds` (default: downstream.seeds) and the probes are narrowed when a record is extended."""
   tasks = list(finetune.downstream_field(config, 'tasks'))
-  seeds = [int(s) for s in finetune.downstream_field(config, 'seeds')]
+  if seeds is None:
+    seeds = [int(s) for s in finetune.downstream_field(config, 'seeds')]
   tokenizer_cfg = finetune.pinned_tokenizer_config(reference.config)
   name = m.name if m else 'random'
   rows = []
@@ -342,7 +372,7 @@ def _finetune_unit(config, workdir, m: Member | None, reference: Member) -> list
     if row['preempted']:
       _say(f'preempted during {name}/{task}/seed{seed}; rerun the same command to resume')
       return rows
-  if finetune.downstream_field(config, 'probe'):
+  if probes and finetune.downstream_field(config, 'probe'):
     rows += _probe_unit(config, workdir, m, reference, tasks, tokenizer_cfg)
   return rows
 

@@ -18,7 +18,10 @@ planned unit's is refused with a one-line error that names the file and the firs
 fields: a result of another configuration never lands in the table. A field the code gained after
 the record was made (the library grows between the sessions a comparison spans) matches when the
 planned unit leaves it at its default (`configs.base.base_config`, `tasks.finetune.DEFAULTS`),
-which by the project's rule for new options is the behaviour the record was made with. Each
+which by the project's rule for new options is the behaviour the record was made with. A record
+whose only difference is fewer fine-tuning seeds (`downstream.seeds` a subset of the planned ones)
+is extended: the comparison fine-tunes the missing seeds from the unit's pretrained checkpoint
+(which must be in the workdir) and rewrites the record with all of them. Each
 record also says where and when it was made (device kind, JAX version, UTC date), which the table
 prints, since a split comparison may run on more than one kind of machine. Every process
 of a multi-host run reads the records, so `records_dir` (like the workdir) must be on a file system
@@ -183,11 +186,29 @@ class Store:
       except (OSError, ValueError) as e:
         raise ValueError(f'comparison record {path} is unreadable ({type(e).__name__}: {e}); '
                          'delete it to run that unit again') from None
-      _check_match(path, record, expected)
+      seeds = _check_match(path, record, expected)
       if k and len(self.dirs) > 1:
         self._write(self.dirs[-1], unit, record)
-      return record
+      return dict(record, seeds_to_add=seeds) if seeds else record
     return None
+
+  def extend(self, unit: str, expected: Key, record: dict[str, Any], rows: list[dict[str, Any]],
+             workdir: str) -> dict[str, Any]:
+    """The unit's record with the fine-tune rows of its added seeds, under the planned key."""
+    new = [dict(r, workdir=os.path.relpath(r['workdir'], workdir)) if 'workdir' in r else r
+           for r in rows]
+    merged = [r for r in record['rows'] if r.get('metric') != 'probe'] + new
+    tasks = list(dict.fromkeys(r['task'] for r in merged))
+    merged.sort(key=lambda r: (tasks.index(r['task']), int(r['seed'])))
+    merged += [r for r in record['rows'] if r.get('metric') == 'probe']
+    added = sorted({int(r['seed']) for r in new})
+    extended = {'unit': unit, 'version': RECORD_VERSION, 'fingerprint': expected.fingerprint,
+                'settings': expected.settings, 'made': record['made'],
+                'extended': [*record.get('extended', ()), dict(where_and_when(), seeds=added)],
+                'result': record['result'], 'rows': merged}
+    for directory in self.dirs:
+      self._write(directory, unit, extended)
+    return extended
 
   def put(self, unit: str, expected: Key, result: dict[str, Any] | None,
           rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
@@ -213,20 +234,37 @@ class Store:
     os.replace(tmp, os.path.join(directory, f'{unit}.json'))  # never a half-written record
 
 
-def _check_match(path: str, record: dict[str, Any], expected: Key) -> None:
-  """Raises the one-line error when the record at `path` is not the planned unit's."""
+SEEDS_PATH = ('config', 'downstream', 'seeds')
+
+
+def _check_match(path: str, record: dict[str, Any], expected: Key) -> list[int]:
+  """Raises the one-line error when the record at `path` is not the planned unit's.
+
+  A record that differs only in having fewer fine-tuning seeds (`downstream.seeds` a subset of the
+  planned ones) is the planned unit's, shorter: returns the seeds it lacks (else [])."""
   if record.get('fingerprint') == expected.fingerprint:
-    return
+    return []
   diffs = None
   if record.get('settings') and record.get('version') == RECORD_VERSION:
     diffs = differences(record['settings'], expected.settings, expected.defaults)
     if not diffs:  # made before fields were added that this unit leaves at their defaults
-      return
+      return []
+    if len(diffs) == 1 and diffs[0].startswith('.'.join(SEEDS_PATH) + ':'):
+      had = set(_at(record['settings'], SEEDS_PATH))
+      want = _at(expected.settings, SEEDS_PATH)
+      if had < set(want):
+        return sorted(set(want) - had)
   detail = (f'{len(diffs)} differing: {"; ".join(diffs[:3])}{"; ..." if len(diffs) > 3 else ""}'
             if diffs else f'fingerprint {record.get("fingerprint")}, this run '
             f'{expected.fingerprint}')
   raise ValueError(f'comparison record {path} was made with another configuration ({detail}); '
                    'move it away or point comparison.records_dir elsewhere')
+
+
+def _at(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
 
 
 class TimeBudget:

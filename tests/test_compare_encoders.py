@@ -221,6 +221,36 @@ def test_records_are_refused_when_unreadable_or_from_another_config(tmp_path):
     store.get('mlm', key)
 
 
+def test_a_record_with_fewer_seeds_is_extended_not_refused(tmp_path):
+  """More downstream.seeds than a record holds: the record is the planned unit's, lacking seeds
+  (returned to run); seeds that are not a superset, or any other change beside them, are refused.
+  `extend` merges the new rows in task and seed order and keeps where the record was made."""
+  store = records.Store(str(tmp_path / 'work'))
+  short = records.key(_comparison(**{'downstream.seeds': (0, 1)}), 1e12, VOCAB)
+  rows = [{'task': t, 'seed': s, 'workdir': str(tmp_path / 'work' / 'mlm' / t / f'seed{s}')}
+          for t in ('rt_sentiment', 'news_source') for s in (0, 1)]
+  probe = {'task': 'rt_sentiment', 'seed': 0, 'metric': 'probe', 'layer': 'mix'}
+  store.put('mlm', short, {'steps': 3}, [*rows, probe], str(tmp_path / 'work'))
+  planned = records.key(_comparison(**{'downstream.seeds': (0, 1, 2, 3)}), 1e12, VOCAB)
+  record = store.get('mlm', planned)
+  assert record['seeds_to_add'] == [2, 3] and store.get('mlm', short).get('seeds_to_add') is None
+  for refused in ({'downstream.seeds': (1, 2)},
+                  {'downstream.seeds': (0, 1, 2), 'optim.learning_rate': 1e-2}):
+    with pytest.raises(ValueError, match='another configuration'):
+      store.get('mlm', records.key(_comparison(**refused), 1e12, VOCAB))
+  new = [{'task': t, 'seed': s, 'workdir': str(tmp_path / 'work' / 'mlm' / t / f'seed{s}')}
+         for t in ('rt_sentiment', 'news_source') for s in (2, 3)]
+  extended = store.extend('mlm', planned, record, new, str(tmp_path / 'work'))
+  assert [(r['task'], r['seed']) for r in extended['rows'][:-1]] == [
+      (t, s) for t in ('rt_sentiment', 'news_source') for s in range(4)]
+  assert extended['rows'][-1] == probe  # probes are per unit, not per seed: kept once
+  assert extended['rows'][2]['workdir'] == os.path.join('mlm', 'rt_sentiment', 'seed2')
+  assert extended['made'] == record['made'] and extended['extended'][0]['seeds'] == [2, 3]
+  assert extended['result'] == {'steps': 3} and 'seeds_to_add' not in extended
+  reread = store.get('mlm', planned)
+  assert 'seeds_to_add' not in reread and reread['rows'] == extended['rows']
+
+
 def test_records_outlive_fields_added_at_their_defaults(tmp_path):
   """A record keeps its settings; one made before a field existed (the library grows between the
   sessions a comparison spans) still matches while the planned unit leaves that field at its
@@ -357,6 +387,28 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
   suite_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR')
   assert os.listdir(suite_cache or os.path.join(workdir, 'xla_cache'))
   assert os.path.exists(os.path.join(workdir, 'xla_cache')) != bool(suite_cache)
+  # One more seed: only the new fine-tunes run, from each unit's pretrained checkpoint, and the
+  # records are extended. mlm was pretrained on the other "machine": the one-line error names
+  # the fix (the baseline, which needs no checkpoint, is extended before it) ...
+  seeds2 = _comparison(**shared, **{'downstream.seeds': (0, 1)})
+  with pytest.raises(ValueError, match=r"mlm's record lacks seeds \[1\].*copy the pretrain"):
+    run_lib.run(seeds2, workdir)
+  shutil.copytree(tmp_path / 'machine_a' / 'mlm' / 'pretrain', tmp_path / 'machine_b' / 'mlm' /
+                  'pretrain')
+  pretrain_logs = {n: (tmp_path / 'machine_b' / n / 'pretrain' / 'metrics.jsonl').read_text()
+                   for n in ('mlm', 'albert', 'electra')}
+  # ... and once it is there the same command goes on.
+  extended = run_lib.run(seeds2, workdir)
+  assert not extended['missing']
+  for n, log in pretrain_logs.items():  # no pretraining ran again
+    assert (tmp_path / 'machine_b' / n / 'pretrain' / 'metrics.jsonl').read_text() == log
+  assert sorted((r['member'], r['seed']) for r in extended['rows']) == sorted(
+      (n, s) for n in ('random', 'mlm', 'albert', 'electra') for s in (0, 1))
+  seed0 = [r for r in extended['rows'] if r['seed'] == 0]
+  assert seed0 == [dict(r) for r in summary['rows']]  # the recorded seed-0 rows, unchanged
+  with open(tmp_path / 'rec' / 'albert.json') as f:
+    assert [r['seed'] for r in json.load(f)['rows']] == [0, 1]
+  assert all(v['rt_sentiment']['n'] == 2 for v in extended['accuracy'].values())
   # Feature-based transfer of the same checkpoints (downstream.probe, no fine-tuning): each unit's
   # frozen encoder gets a linear probe per layer and on the scalar mix -- the baseline the
   # reference architecture at random init, ALBERT its shared stack, ELECTRA its discriminator.
