@@ -259,25 +259,23 @@ def test_greedy_eos_beam1_and_topk1(kind):
   np.testing.assert_array_equal(sample['tokens'], greedy['tokens'])
 
 
-@pytest.mark.parametrize('kind', ['llama', 't5'])
-def test_beam_search_finds_exhaustive_best(kind):
-  # 125 beams reorder the cache every step (an encoder-decoder's cross-attention keys/values are
-  # the same for a row's beams and are not gathered); the result is the exhaustive best.
-  vocab, n, eos, alpha = 5, 3, 0, 1.0
-  model, params = _model(kind, vocab), _params(kind, vocab, seed=3)
+def _enumerated(kind: str, vocab: int, n: int, seed: int, prompts, encoder_rows):
+  """Every continuation of n tokens over a tiny vocabulary, and per row of the batch each
+  continuation's token log-probs from full forward passes: (model, params, inputs, conts, lps)."""
+  model, params = _model(kind, vocab), _params(kind, vocab, seed=seed)
   conts = np.asarray(list(itertools.product(range(vocab), repeat=n)), np.int32)
   if kind == 'llama':
-    prompts = [[1, 2, 3], [4, 1]]
     inputs = decoding.left_pad(prompts)
   else:
-    inputs = {'encoder_tokens': np.array([[1, 2, 3, 4], [4, 1, 2, 0]], np.int32),
-              'encoder_segment_ids': np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int32)}
+    width = max(map(len, encoder_rows))
+    inputs = {'encoder_tokens': np.array([r + [0] * (width - len(r)) for r in encoder_rows],
+                                         np.int32),
+              'encoder_segment_ids': np.array([[1] * len(r) + [0] * (width - len(r))
+                                               for r in encoder_rows], np.int32)}
     start = np.full((len(conts), 1), model.config.decoder_start_id, np.int32)
     forced = jax.jit(lambda p, e, es, d: model.apply(
         {'params': p}, e, es, d, jnp.ones_like(d), method=_teacher_forced))
-  beam = decoding.generate(model, params, inputs, decoding.Options(
-      max_new_tokens=n, eos_ids=(eos,), strategy='beam', num_beams=vocab ** n,
-      length_penalty=alpha))
+  lps = []
   for row in range(2):
     if kind == 'llama':
       prompt = prompts[row]
@@ -290,7 +288,21 @@ def test_beam_search_finds_exhaustive_best(kind):
       logits = forced(params, tile(inputs['encoder_tokens']), tile(inputs['encoder_segment_ids']),
                       np.concatenate([start, conts[:, :-1]], axis=1))
       logp = np.asarray(jax.nn.log_softmax(logits))
-    token_lp = np.take_along_axis(logp, conts[:, :, None], axis=2)[:, :, 0]
+    lps.append(np.take_along_axis(logp, conts[:, :, None], axis=2)[:, :, 0])
+  return model, params, inputs, conts, lps
+
+
+@pytest.mark.parametrize('kind', ['llama', 't5'])
+def test_beam_search_finds_exhaustive_best(kind):
+  # 125 beams reorder the cache every step (an encoder-decoder's cross-attention keys/values are
+  # the same for a row's beams and are not gathered); the result is the exhaustive best.
+  vocab, n, eos, alpha = 5, 3, 0, 1.0
+  model, params, inputs, conts, lps = _enumerated(kind, vocab, n, 3, [[1, 2, 3], [4, 1]],
+                                                  [[1, 2, 3, 4], [4, 1, 2]])
+  beam = decoding.generate(model, params, inputs, decoding.Options(
+      max_new_tokens=n, eos_ids=(eos,), strategy='beam', num_beams=vocab ** n,
+      length_penalty=alpha))
+  for row, token_lp in enumerate(lps):
     best = {}
     for c, lp in zip(conts, token_lp):
       cut, length = _cut_at_eos(c, eos)
@@ -348,34 +360,13 @@ def test_constrained_beam_search_finds_constrained_exhaustive_best(kind):
   # sequence among those that keep them (scores: the model's log-probs, as transformers scores
   # them after its logits processors), found by enumeration.
   vocab, n, eos, alpha, size, least = 4, 4, 0, 1.0, 2, 2
-  model, params = _model(kind, vocab), _params(kind, vocab, seed=5)
-  conts = np.asarray(list(itertools.product(range(vocab), repeat=n)), np.int32)
-  if kind == 'llama':
-    prompts = [[1, 2, 3], [3, 1]]
-    inputs = decoding.left_pad(prompts)
-  else:
-    inputs = {'encoder_tokens': np.array([[1, 2, 3, 1], [3, 1, 2, 0]], np.int32),
-              'encoder_segment_ids': np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int32)}
-    start = np.full((len(conts), 1), model.config.decoder_start_id, np.int32)
-    forced = jax.jit(lambda p, e, es, d: model.apply(
-        {'params': p}, e, es, d, jnp.ones_like(d), method=_teacher_forced))
+  model, params, inputs, conts, lps = _enumerated(kind, vocab, n, 5, [[1, 2, 3], [3, 1]],
+                                                  [[1, 2, 3, 1], [3, 1, 2]])
   beam = decoding.generate(model, params, inputs, decoding.Options(
       max_new_tokens=n, eos_ids=(eos,), strategy='beam', num_beams=vocab ** n,
       length_penalty=alpha, no_repeat_ngram_size=size, min_new_tokens=least))
   unconstrained_best = []
-  for row in range(2):
-    if kind == 'llama':
-      seqs = np.concatenate([np.tile(prompts[row], (len(conts), 1)), conts], axis=1)
-      seqs = seqs.astype(np.int32)
-      logits = _full_decoder_logits(model, params, seqs, np.ones_like(seqs),
-                                    np.broadcast_to(np.arange(seqs.shape[1]), seqs.shape))
-      logp = np.asarray(jax.nn.log_softmax(logits[:, len(prompts[row]) - 1:-1]))
-    else:
-      tile = lambda x: np.tile(x[row], (len(conts), 1))  # noqa: E731
-      logits = forced(params, tile(inputs['encoder_tokens']), tile(inputs['encoder_segment_ids']),
-                      np.concatenate([start, conts[:, :-1]], axis=1))
-      logp = np.asarray(jax.nn.log_softmax(logits))
-    token_lp = np.take_along_axis(logp, conts[:, :, None], axis=2)[:, :, 0]
+  for row, token_lp in enumerate(lps):
     best, kept = {}, {}
     for c, lp in zip(conts, token_lp):
       cut, length = _cut_at_eos(c, eos)
