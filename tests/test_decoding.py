@@ -412,5 +412,26 @@ def test_bad_inputs_are_one_line_errors():
     decoding.Options(no_repeat_ngram_size=-1)
   with pytest.raises(ValueError, match='min_new_tokens must be in'):
     decoding.Options(max_new_tokens=4, min_new_tokens=5)
+
+
+def test_generate_cli_passes_the_constraints_and_refuses_bad_ones(capsys, monkeypatch):
+  import types  # pylint: disable=g-import-not-at-top
+  from ptm_jax import generate, interop  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(interop, 'load_pretrained', lambda path: types.SimpleNamespace(tokenizer=1))
+  monkeypatch.setattr(generate, 'generate', lambda pre, prompt, **kw: seen.append(kw) or 'out')
+  assert generate.main(['--pretrained', 'm', '--prompt', 'x', '--strategy', 'beam',
+                        '--no_repeat_ngram_size', '3', '--min_new_tokens', '2']) == 0
+  options = seen[0]['options']
+  assert (options.strategy, options.no_repeat_ngram_size, options.min_new_tokens) == ('beam', 3, 2)
+  assert '>>> x\nout' in capsys.readouterr().out
+  # Options are checked before any model is read: a bad value is one line and exit status 1.
+  assert generate.main(['--pretrained', 'nowhere', '--prompt', 'x', '--max_new_tokens', '4',
+                        '--min_new_tokens', '5']) == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: min_new_tokens must be in') and err.count('\n') == 1
+  assert generate.main(['--pretrained', 'nowhere', '--prompt', 'x',
+                        '--no_repeat_ngram_size', '-2']) == 1
+  assert 'no_repeat_ngram_size must be >= 0' in capsys.readouterr().err
   with pytest.raises(ValueError, match='at least one token'):
     decoding.left_pad([[1], []])
