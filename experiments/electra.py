@@ -37,7 +37,8 @@ the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-
   # context only (2026-12-06): --config.objective.replacement=shuffle (each replaced token is
   # another selected position's original from the batch: the token alone tells nothing): AUC
   # 0.536 at this learning rate (2e-3; 0.524 after 4,000 steps), 0.680 at 5e-4; the comparison
-  # rerun at one shared 5e-4 has ELECTRA >= MLM (README, "A context-only control")
+  # rerun at one shared 5e-4 has ELECTRA level with MLM over 4 seeds (README, "A context-only
+  # control" and "Every member at one shared learning rate of 5e-4")
 """
 from ptm_jax.configs import base
 
