@@ -112,7 +112,7 @@ def test_pd_ner_zh_finetune_end_to_end(data_dir, tmp_path):
   """A tiny ERNIE-zh pretraining, then pd_ner_zh tagging from it and from random init (entity F1)."""
   config = load_experiment('experiments/ernie.py:runlocal:zh:ner')
   # A small tokenizer and short rows: the stages and the F1 bookkeeping are under test, not quality.
-  config.data.tokenizer.update(vocab_size=6000, max_train_chars=1_000_000)
+  config.data.tokenizer.update(vocab_size=4000, max_train_chars=300_000)
   config.data.seq_len = 64
   config.train.update(steps=4, eval_every=4, eval_batches=1, checkpoint_every=4, log_every=2)
   config.downstream.update(seeds=(0,), steps=6, eval_every=6, batch_size=8, eval_batch_size=64)
