@@ -367,7 +367,8 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
   return row
 
 
-def _mean_std(values) -> str:
+def mean_std(values) -> str:
+  """'mean ± sample std' of the finite values (3 decimals), or 'n/a'."""
   vals = np.asarray([v for v in values if math.isfinite(v)], np.float64)
   if vals.size == 0:
     return 'n/a'
@@ -391,10 +392,10 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     groups.setdefault((r['task'], r['init']), []).append(r)
   for (task, init), rs in groups.items():
     lines.append(f'| {task} | {init} | {len(rs)} | {rs[0]["form"]} | {rs[0].get("decode", "")} | '
-                 f'{_mean_std([r["dev_loss"] for r in rs])} | '
-                 f'{_mean_std([r.get("test_loss", math.nan) for r in rs])} | '
-                 f'{_mean_std([r.get("test_token_accuracy", math.nan) for r in rs])} | '
-                 f'{_mean_std([r["dev_rougeL"] for r in rs])} | '
-                 + ' | '.join(_mean_std([r[f'test_{k}'] for r in rs]) for k in ROUGE_KEYS)
+                 f'{mean_std([r["dev_loss"] for r in rs])} | '
+                 f'{mean_std([r.get("test_loss", math.nan) for r in rs])} | '
+                 f'{mean_std([r.get("test_token_accuracy", math.nan) for r in rs])} | '
+                 f'{mean_std([r["dev_rougeL"] for r in rs])} | '
+                 + ' | '.join(mean_std([r[f'test_{k}'] for r in rs]) for k in ROUGE_KEYS)
                  + f' | {rs[0].get("examples", 0)} |')
   return '\n'.join(lines)

@@ -106,16 +106,10 @@ def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], spl
           'examples': int(scores['examples'])}
 
 
-def _mean_std(values) -> str:
-  vals = np.asarray([v for v in values if math.isfinite(v)], np.float64)
-  if not vals.size:
-    return 'n/a'
-  return f'{vals.mean():.3f} ± {(vals.std(ddof=1) if vals.size > 1 else 0.0):.3f}'
-
-
 def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[str, Any],
           split: str) -> str:
   """Markdown: per member / init, before -> after (mean ± std over seeds)."""
+  from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
   said = ', '.join(f'{k}={v}' for k, v in changes.items()) or 'no change (a reproduction check)'
   lines = [f'Re-decoded `{split}` with {said}; every other setting as recorded '
            f'({results[0]["options"]} after the change).', '',
@@ -127,8 +121,8 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[
     groups.setdefault((r['member'], r['init']), []).append(r)
   for (member, init), rs in groups.items():
     label = members.get(member, {}).get('label', member) if member else init
-    cells = [' → '.join(_mean_std([r[f'{when}_{k}'] for r in rs]) for when in ('before', 'after'))
-             for k in ('rouge1', 'rouge2', 'rougeL')]
+    cells = [' → '.join(generation.mean_std([r[f'{when}_{k}'] for r in rs])
+                        for when in ('before', 'after')) for k in generation.ROUGE_KEYS]
     distinct = lambda when: ' / '.join(f'{r[f"{when}_distinct"]:.0f}' for r in rs)  # noqa: E731
     share = lambda when: ' / '.join(f'{r[f"{when}_repeat_share"]:.2f}' for r in rs)  # noqa: E731
     lines.append(f'| {label} | {init} | {len(rs)} | {" | ".join(cells)} | '
