@@ -34,6 +34,10 @@ PROBE_SUFFIX = ':probe'
 # label smoothing: steps.evaluation_options) at the selected step: it ranks the inits where
 # decoding has not yet learned to condition on the article.
 LOSS_COLUMN = ('loss', 'test loss')
+# How much the article lowers that loss: the title loss after another test article minus after
+# its own (tasks/source_reliance.py); 0 = a decoder that does not read its source.
+GAIN_COLUMN = ('source_gain', 'source gain')
+GENERATION_EXTRA = (LOSS_COLUMN, GAIN_COLUMN)
 
 
 def _stats(values) -> dict[str, float]:
@@ -44,8 +48,9 @@ def _stats(values) -> dict[str, float]:
 def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
   """{member: {task: {mean, std, n, dev_mean, metric}}} of the test score at the selected
   evaluation (accuracy; entity F1 for tagging; ROUGE-L F for generation, whose entries also hold
-  rouge1 / rouge2 / rougeL and the teacher-forced test loss: {mean, std}); a probed task also
-  has `<task>:probe`, the scalar-mix linear probe's test accuracy at its best dev step."""
+  rouge1 / rouge2 / rougeL, the teacher-forced test loss and the source gain: {mean, std}); a
+  probed task also has `<task>:probe`, the scalar-mix linear probe's test accuracy at its best
+  dev step."""
   out: dict[str, dict[str, dict[str, Any]]] = {}
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in rows:
@@ -62,7 +67,7 @@ def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
     dev = [r['dev_score'] if 'dev_score' in r else r['dev_accuracy'] for r in rs]
     entry = dict(_stats(test), n=len(rs), dev_mean=float(np.mean(dev)),
                  metric=rs[0].get('metric', 'accuracy'))
-    for key, _ in (*ROUGE_COLUMNS, LOSS_COLUMN):
+    for key, _ in (*ROUGE_COLUMNS, *GENERATION_EXTRA):
       # Records made before the test loss was read lack it (or hold NaN): 'n/a', not a NaN mean.
       values = [r.get(f'test_{key}', float('nan')) for r in rs]
       if all(np.isfinite(values)):
@@ -80,7 +85,7 @@ def _columns(config, tasks: list[str]) -> list[tuple[str, str, str | None]]:
   for task in tasks:
     kind = downstream.task_info(task).kind
     if finetuned and kind == 'generation':
-      cols += [(f'{task} {label}', task, key) for key, label in (*ROUGE_COLUMNS, LOSS_COLUMN)]
+      cols += [(f'{task} {label}', task, key) for key, label in (*ROUGE_COLUMNS, *GENERATION_EXTRA)]
     elif finetuned:
       cols.append((task, task, None))
     if probed and kind == 'classification':
@@ -283,7 +288,7 @@ def plot(config, members: list, results, accuracy, out_png: str,
   names = ['random', *[m.name for m in members]]
   cols = _columns(config, list(finetune.downstream_field(config, 'tasks')))
   loss_cols = [c for c in cols if c[2] == LOSS_COLUMN[0]]
-  score_cols = [c for c in cols if c[2] != LOSS_COLUMN[0]]
+  score_cols = [c for c in cols if c[2] not in (LOSS_COLUMN[0], GAIN_COLUMN[0])]
   panels = 3 if loss_cols else 2
   fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 3.75 * panels), dpi=110)
   FigureCanvasAgg(fig)

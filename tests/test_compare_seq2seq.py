@@ -170,12 +170,14 @@ def test_runlocal_comparison_end_to_end(data_dir, tmp_path):
     # The teacher-forced test loss of the titles (a vocabulary of 2,000: below log V = 7.6 + the
     # smoothing term once trained a little, and positive).
     assert 0.0 < score['loss']['mean'] < 10.0
+    # And how much the article lowers it (source_reliance.py: another article's minus its own).
+    assert np.isfinite(score['source_gain']['mean'])
   assert np.all([r['examples'] == 32 for r in rows])
   text = summary['markdown']
   for name in names:
     assert config.comparison.labels[name] in text
   for header in ('news_headline ROUGE-1', 'news_headline ROUGE-2', 'news_headline ROUGE-L',
-                 'news_headline test loss'):
+                 'news_headline test loss', 'news_headline source gain'):
     assert header in text
   assert '1+1-layer encoder-decoder (t5)' in text
   assert '![ROUGE by objective](compare_seq2seq.png)' in text

@@ -22,7 +22,7 @@ from ptm_jax.data import sources
 from ptm_jax.data.sources import downstream, news_en, news_headline
 from ptm_jax.data.vocab import SpecialIds
 from ptm_jax.objectives import seq2seq, seq2seq_finetune
-from ptm_jax.tasks import finetune, generation, redecode, stack_cache
+from ptm_jax.tasks import finetune, generation, redecode, source_reliance, stack_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = SpecialIds(300, extra=(5, 6))
@@ -431,6 +431,16 @@ def test_generation_finetune_end_to_end(data_dir, tmp_path, monkeypatch):
   # A rerun reuses the decoded scores (generation.json) instead of decoding again.
   again = run_lib.run(config, workdir)['downstream']['rows']
   assert [r['test_rougeL'] for r in again] == [r['test_rougeL'] for r in rows]
+  # The source gain (tasks/source_reliance.py) in each row and the report; the tool's `own` pass
+  # over the test split at the selected step is the loss the training loop recorded there.
+  assert 'source gain' in report
+  measured = source_reliance.run(workdir)
+  for m, r in zip(json.load(open(os.path.join(workdir, 'source_reliance.json')))['rows'], rows):
+    assert r['test_other_source_loss'] == pytest.approx(r['test_loss'] + r['test_source_gain'])
+    assert m['own'] == pytest.approx(r['test_loss'], rel=1e-5)
+    assert m['recorded_loss'] == r['test_loss']
+    assert m['gain'] == pytest.approx(r['test_source_gain'], abs=1e-6) and m['examples'] == 395
+  assert '| pretrained |' in measured and '**' in measured
   # tasks/redecode.py: with nothing changed, the selected checkpoints decode the recorded ROUGE
   # again; with a change, the new titles go beside the originals, which stay as they were.
   originals = [open(os.path.join(r['workdir'], 'generations_test.jsonl')).read() for r in rows]

@@ -18,7 +18,9 @@ One fine-tune (`run_one`, dispatched from `tasks.finetune` for tasks of kind 'ge
   4. ROUGE-1/2/L F-measures (`rouge_score.rouge_scorer`, Porter stemming, its default
      lower-cased alphanumeric tokenisation) of each generated title against the article's real
      title (untruncated), averaged over the examples; the generations are kept in
-     `generations_<split>.jsonl` and the scores in `generation.json` (a rerun reuses them).
+     `generations_<split>.jsonl` and the scores in `generation.json` (a rerun reuses them);
+  5. the source gain (`tasks/source_reliance.py`): the test titles' loss after another article
+     minus after their own, which says whether the decoder reads the article at all.
 Every form decodes with a KV cache: encoder-decoders and the prefix LM (a decoder: its source
 is the prompt, prefilled bidirectionally through `prefix_flags`) through `decoding.generate`,
 UniLM and GLM (encoder stacks) through the encoder's cache (`tasks/stack_cache.py`: the source
@@ -53,6 +55,7 @@ from ptm_jax.data import tokenizers
 from ptm_jax.data.sources import downstream
 from ptm_jax.data.sources import news_headline
 from ptm_jax.objectives import seq2seq_finetune
+from ptm_jax.tasks import source_reliance
 from ptm_jax.tasks import stack_cache
 
 ROUGE_KEYS = ('rouge1', 'rouge2', 'rougeL')
@@ -322,7 +325,7 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
          'form': str(ft.data.generation_form), 'steps': int(result.step),
          'wall_time_s': float(result.wall_time_s), 'workdir': run_dir,
          'preempted': bool(result.preempted), 'best_step': 0, 'dev_loss': nan, 'test_loss': nan,
-         'test_token_accuracy': nan,
+         'test_token_accuracy': nan, 'test_other_source_loss': nan, 'test_source_gain': nan,
          'dev_score': nan, 'test_score': nan, 'dev_accuracy': nan, 'test_accuracy': nan,
          **{f'{s}_{k}': nan for s in ('dev', 'test') for k in ROUGE_KEYS}}
   best = select_lowest_loss(_eval_history(result, run_dir))
@@ -339,20 +342,25 @@ def run_one(config, task: str, init: str, seed: int, workdir: str, pretrained_di
               'splits': list(splits)}
   cache_path = os.path.join(run_dir, 'generation.json')
   t0 = time.time()
-  scores = None
+  scores, source = None, None
   if os.path.exists(cache_path):
     with open(cache_path, encoding='utf-8') as f:
       cached = json.load(f)
-    scores = cached['scores'] if cached.get('settings') == settings else None
-  if scores is None:
-    scores = decode_and_score(ft, run_dir, int(best['step']), tokenizer, options, splits, limit)
+    if cached.get('settings') == settings:
+      scores, source = cached['scores'], cached.get('source')
+  if scores is None or source is None:
+    if scores is None:
+      scores = decode_and_score(ft, run_dir, int(best['step']), tokenizer, options, splits, limit)
+    if source is None:  # cached before the source gain was measured: only that runs
+      source = source_reliance.title_losses(ft, run_dir, int(best['step']), tokenizer, 'test')
     if jax.process_index() == 0:
       with open(cache_path, 'w', encoding='utf-8') as f:
-        json.dump({'settings': settings, 'scores': scores}, f, indent=1)
+        json.dump({'settings': settings, 'scores': scores, 'source': source}, f, indent=1)
   row.update(best_step=int(best['step']), dev_loss=float(best['eval/loss']),
              dev_accuracy=float(best.get('eval/accuracy', nan)),
              test_loss=float(best.get('test/loss', nan)),
              test_token_accuracy=float(best.get('test/accuracy', nan)),
+             test_other_source_loss=source['other'], test_source_gain=source['gain'],
              dev_score=scores.get('validation', {}).get('rougeL', nan),
              test_score=scores['test']['rougeL'],
              examples=scores['test']['examples'], decode=f'{options.strategy}'
@@ -383,10 +391,13 @@ def summarize(rows: list[dict[str, Any]]) -> str:
   lines = ['## Generation', '',
            'ROUGE F-measures (rouge-score, stemmed) of the generated titles at the evaluation with '
            'the lowest dev loss, and the teacher-forced test loss (cross-entropy per title token, '
-           'no label smoothing) and token accuracy there; mean ± sample std over seeds.', '',
+           'no label smoothing) and token accuracy there; source gain = the test loss of each '
+           'title after another article minus after its own (tasks/source_reliance.py; 0: the '
+           'decoder does not read the article); mean ± sample std over seeds.', '',
            '| task | init | seeds | form | decoding | dev loss | test loss | test token acc. | '
-           'dev ROUGE-L | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | test examples |',
-           '|---|' + '---|' * 12]
+           'source gain | dev ROUGE-L | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | '
+           'test examples |',
+           '|---|' + '---|' * 13]
   groups: dict[tuple[str, str], list[dict]] = {}
   for r in rows:
     groups.setdefault((r['task'], r['init']), []).append(r)
@@ -395,6 +406,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
                  f'{mean_std([r["dev_loss"] for r in rs])} | '
                  f'{mean_std([r.get("test_loss", math.nan) for r in rs])} | '
                  f'{mean_std([r.get("test_token_accuracy", math.nan) for r in rs])} | '
+                 f'{mean_std([r.get("test_source_gain", math.nan) for r in rs])} | '
                  f'{mean_std([r["dev_rougeL"] for r in rs])} | '
                  + ' | '.join(mean_std([r[f'test_{k}'] for r in rs]) for k in ROUGE_KEYS)
                  + f' | {rs[0].get("examples", 0)} |')

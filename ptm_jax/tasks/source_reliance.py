@@ -1,0 +1,172 @@
+"""Does a fine-tuned title model read its article? Its title loss with and without the article.
+
+The teacher-forced test loss of a generation fine-tune (`tasks/generation.py`) mixes two things:
+how well the decoder models titles at all, and how much the article tells it. This measures the
+second. Every test title is scored twice at the selected step, as the dev/test losses are
+(`steps.evaluation_options`: no label smoothing, UniLM next-token):
+  * `own`: each title after its own article (the recorded test loss, recomputed),
+  * `other`: each title after another test article -- title i after article (i + n // 2) mod n of
+    the split's n examples in stored order, a fixed derangement: every article is read once and
+    no title meets its own --
+and `gain = other - own`, nats per title token: an estimate of the information the article gives
+about its title (the conditional mutual information, per token, that the model has learnt to
+use). A decoder that ignores its source has gain 0 exactly (the test zeroes an encoder-decoder's
+cross-attention); copying the article's words makes it large. Where every member's titles are
+one string or a loop, this tells which inits have begun to condition on the article.
+
+  python -m ptm_jax.tasks.source_reliance --workdir runs/s2s_cpu   # a compare_seq2seq or
+                                                                  # news_headline fine-tune run
+  writes <workdir>/source_reliance.md and .json: per member / init, mean ± std over seeds of the
+  recorded test loss, `own` (equal to it), `other`, `gain` and the recorded test ROUGE-1.
+
+`generation.run_one` records `test_source_gain` (and `test_other_source_loss`) in every new row,
+so the seq2seq comparison table has the column too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ptm_jax import checkpoint as ckpt
+from ptm_jax import objectives
+from ptm_jax import steps
+from ptm_jax import train as train_lib
+from ptm_jax.data.sources import news_headline
+
+
+def other_article(index: int, n: int) -> int:
+  """The article title `index` is paired with in the `other` pass (a derangement for n >= 2)."""
+  return (index + n // 2) % n
+
+
+def rows(ft, tokenizer, split: str, other: bool) -> list[dict[str, np.ndarray]]:
+  """The split's fine-tuning rows, each title after its own or after another article."""
+  examples = news_headline.split_examples(ft.data.get('data_dir', ''), split)
+  n = len(examples)
+  if n < 2:
+    raise ValueError(f'news_headline/{split} has {n} example(s); pairing titles with other '
+                     'articles needs at least 2')
+  encode = news_headline.encode_fn(ft.data, tokenizer)
+  out = []
+  for i, (example_id, _, title) in enumerate(examples):
+    text = examples[other_article(i, n) if other else i][1]
+    out.append(encode({'text': text, 'title': title, 'example_id': example_id}))
+  return out
+
+
+def title_losses(ft, run_dir: str, step: int, tokenizer, split: str = 'test') -> dict[str, float]:
+  """{own, other, gain, examples, tokens}: the split's title loss (nats per title token) after
+  each title's own article and after another one, at the fine-tune's step-`step` parameters."""
+  objective = objectives.get('seq2seq_finetune')
+  options = objectives.build_options(objective, ft.objective)
+  model = train_lib.build_model(ft, tokenizer.vocab_size, objective, options)
+  params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(step)))
+  return title_losses_with(model, params, ft, tokenizer, split)
+
+
+def title_losses_with(model, params, ft, tokenizer, split: str = 'test') -> dict[str, float]:
+  """`title_losses` for given model parameters."""
+  objective = objectives.get('seq2seq_finetune')
+  options = steps.evaluation_options(objectives.build_options(objective, ft.objective))
+  loss_fn, corrupt_fn = steps.bind_objective(objective, model=model, specials=tokenizer.specials,
+                                             options=options)
+  eval_step = jax.jit(steps.make_eval_step(loss_fn, corrupt_fn))
+  params = jax.device_put(params, jax.devices()[0])
+  batch_size = int(ft.train.eval_batch_size or ft.train.batch_size)
+  out: dict[str, float] = {}
+  for name, other in (('own', False), ('other', True)):
+    split_rows = rows(ft, tokenizer, split, other)
+    # Static shapes: the last batch is completed by empty rows (weight 0), as the task iterator's.
+    split_rows += [news_headline.encode_fn(ft.data, tokenizer)({})] * (-len(split_rows)
+                                                                      % batch_size)
+    weight, total = 0.0, 0.0
+    for start in range(0, len(split_rows), batch_size):
+      batch = {k: np.stack([r[k] for r in split_rows[start:start + batch_size]])
+               for k in split_rows[0]}
+      m = jax.device_get(eval_step(params, batch, jax.random.key(0)))
+      total += float(m['loss']) * float(m['num_targets'])
+      weight += float(m['num_targets'])
+    out[name] = total / weight
+    out['tokens'] = weight
+  out.update(gain=out['other'] - out['own'], examples=float(len(news_headline.split_examples(
+      ft.data.get('data_dir', ''), split))))
+  return out
+
+
+def measure_row(workdir: str, row: dict[str, Any], split: str = 'test') -> dict[str, Any]:
+  """`title_losses` of one finished row (its selected step), with the row's recorded scores."""
+  from ptm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  run_dir = os.path.join(workdir, row['workdir'])  # rows of a comparison are relative to it
+  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
+    ft = ml_collections.ConfigDict(json.load(f))
+  tokenizer = tokenizers.load_or_train(ft.data.tokenizer, ft.data)
+  losses = title_losses(ft, run_dir, int(row['best_step']), tokenizer, split)
+  prefix = 'dev' if split == 'validation' else 'test'
+  return {'member': row.get('member', ''), 'init': row['init'], 'seed': int(row['seed']),
+          'workdir': row['workdir'], 'best_step': int(row['best_step']),
+          'recorded_loss': float(row.get(f'{prefix}_loss', math.nan)),
+          'recorded_rouge1': float(row.get(f'{prefix}_rouge1', math.nan)), **losses}
+
+
+def table(results: list[dict[str, Any]], members: dict[str, Any], split: str) -> str:
+  """Markdown: per member / init, the losses and the gain (mean ± sample std over seeds)."""
+  from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+  lines = [f'Title loss on `{split}` (nats per title token, teacher-forced, at the selected step) '
+           'after each title\'s own article and after another article of the split; gain = '
+           'other - own.', '',
+           '| member | init | seeds | recorded loss | own article | other article | **gain** | '
+           'recorded ROUGE-1 |', '|---|---|---|---|---|---|---|---|']
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for r in results:
+    groups.setdefault((r['member'], r['init']), []).append(r)
+  for (member, init), rs in groups.items():
+    label = members.get(member, {}).get('label', member) if member else init
+    cells = [generation.mean_std([r[k] for r in rs])
+             for k in ('recorded_loss', 'own', 'other', 'gain', 'recorded_rouge1')]
+    cells[3] = f'**{cells[3]}**'
+    lines.append(f'| {label} | {init} | {len(rs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def run(workdir: str, split: str = 'test') -> str:
+  """Measures every finished row of the run in `workdir`; writes source_reliance.md/.json."""
+  from ptm_jax.tasks import redecode  # pylint: disable=g-import-not-at-top
+  finished, members = redecode.read_rows(workdir)
+  results = []
+  for i, row in enumerate(finished, 1):
+    print(f'source_reliance [{i}/{len(finished)}] {row.get("member") or row["init"]} seed '
+          f'{row["seed"]}', flush=True)
+    results.append(measure_row(workdir, row, split))
+  text = table(results, members, split)
+  with open(os.path.join(workdir, 'source_reliance.md'), 'w', encoding='utf-8') as f:
+    f.write(text)
+  with open(os.path.join(workdir, 'source_reliance.json'), 'w', encoding='utf-8') as f:
+    json.dump({'split': split, 'rows': results}, f, indent=1)
+  return text
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m ptm_jax.tasks.source_reliance',
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='a finished seq2seq comparison or fine-tune')
+  parser.add_argument('--split', default='test', choices=('test', 'validation'))
+  args = parser.parse_args(argv)
+  try:
+    print(run(args.workdir, args.split))
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
