@@ -1,6 +1,7 @@
 """tasks/source_reliance.py: the `other` pass pairs every title with another article (each article
-once), and the gain -- title loss after another article minus after its own -- is exactly 0 for a
-decoder that does not read its source and not 0 for one that does, in every fine-tuning form.
+once), the gain -- title loss after another article minus after its own -- is exactly 0 for a
+decoder that does not read its source and not 0 for one that does, in every fine-tuning form, and
+an encoder-decoder's encoder spread is ~0 when its output is one vector at every position.
 (The end-to-end fine-tune in test_news_headline.py checks `own` = the recorded test loss.)"""
 import flax
 import jax
@@ -107,9 +108,25 @@ def test_gain_is_zero_exactly_when_the_decoder_cannot_read_the_source(data_dir, 
   ignoring = source_reliance.title_losses_with(model, blind, ft, tok, 'test')
   assert abs(ignoring['gain']) < 1e-6, ignoring
   assert abs(ignoring['own'] - reading['own']) > 1e-3
+  # The encoder's spread over positions: a fresh encoder's output varies along the article; with
+  # every token embedding the same vector its output is one vector at every position.
+  assert 0.3 < reading['spread'] < 2.0, reading
+  same = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.broadcast_to(x[:1], x.shape) if 'token_embed' in
+      jax.tree_util.keystr(path) else x, params)
+  collapsed = source_reliance.title_losses_with(model, same, ft, tok, 'test')
+  assert collapsed['spread'] < 1e-3 and abs(collapsed['gain']) < 1e-5, collapsed
 
 
 def test_a_split_of_one_example_is_a_one_line_error(monkeypatch):
   monkeypatch.setattr(news_headline, 'split_examples', lambda data_dir, split: [(1, 'a b', 'c')])
   with pytest.raises(ValueError, match='needs at least 2'):
     source_reliance.rows(_ft('encdec'), HashTokenizer(), 'test', other=False)
+
+
+def test_command_lines_refuse_a_workdir_without_a_finished_run_in_one_line(tmp_path, capsys):
+  from ptm_jax.tasks import redecode
+  for main in (source_reliance.main, redecode.main):
+    assert main(['--workdir', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'has none of compare_seq2seq.json, downstream.json' in err

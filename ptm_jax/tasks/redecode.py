@@ -148,24 +148,35 @@ def run(workdir: str, changes: dict[str, Any], split: str = 'test') -> str:
   return text
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m ptm_jax.tasks.redecode', description=__doc__,
+def finished_run_cli(prog: str, doc: str, argv, add_arguments, call) -> int:
+  """The command line of a tool over a finished generation run (this one, source_reliance):
+  --workdir, --split and the tool's own flags; `call(args)`'s table printed, or a one-line error."""
+  parser = argparse.ArgumentParser(prog=prog, description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a finished seq2seq comparison or fine-tune')
   parser.add_argument('--split', default='test', choices=('test', 'validation'))
-  parser.add_argument('--strategy', choices=('beam', 'greedy'))
-  parser.add_argument('--num_beams', type=int)
-  parser.add_argument('--length_penalty', type=float)
-  parser.add_argument('--no_repeat_ngram_size', type=int)
-  parser.add_argument('--min_new_tokens', type=int)
+  add_arguments(parser)
   args = parser.parse_args(argv)
-  changes = {k: getattr(args, k) for k in CHANGES if getattr(args, k) is not None}
   try:
-    print(run(args.workdir, changes, args.split))
+    print(call(args))
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  def add_arguments(parser):
+    parser.add_argument('--strategy', choices=('beam', 'greedy'))
+    parser.add_argument('--num_beams', type=int)
+    parser.add_argument('--length_penalty', type=float)
+    parser.add_argument('--no_repeat_ngram_size', type=int)
+    parser.add_argument('--min_new_tokens', type=int)
+
+  def call(args):
+    changes = {k: getattr(args, k) for k in CHANGES if getattr(args, k) is not None}
+    return run(args.workdir, changes, args.split)
+  return finished_run_cli('python -m ptm_jax.tasks.redecode', __doc__, argv, add_arguments, call)
 
 
 if __name__ == '__main__':

@@ -17,14 +17,19 @@ one string or a loop, this tells which inits have begun to condition on the arti
   python -m ptm_jax.tasks.source_reliance --workdir runs/s2s_cpu   # a compare_seq2seq or
                                                                   # news_headline fine-tune run
   writes <workdir>/source_reliance.md and .json: per member / init, mean ± std over seeds of the
-  recorded test loss, `own` (equal to it), `other`, `gain` and the recorded test ROUGE-1.
+  recorded test loss, `own` (equal to it), `other`, `gain`, the encoder spread (each seed) and
+  the recorded test ROUGE-1.
+
+For an encoder-decoder the tool also reports the encoder's `spread`: per article, the standard
+deviation of the encoder output over the article's positions (mean over features) relative to
+its root-mean-square -- about 1 for a fresh encoder, ~0 for one whose output is the same vector
+at every position and for every article (a collapsed encoder, which no decoder can read).
 
 `generation.run_one` records `test_source_gain` (and `test_other_source_loss`) in every new row,
 so the seq2seq comparison table has the column too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,6 +37,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -96,9 +102,33 @@ def title_losses_with(model, params, ft, tokenizer, split: str = 'test') -> dict
       weight += float(m['num_targets'])
     out[name] = total / weight
     out['tokens'] = weight
+  if str(ft.data.generation_form) == 'encdec':
+    out['spread'] = encoder_spread(model, params, rows(ft, tokenizer, split, False), batch_size)
   out.update(gain=out['other'] - out['own'], examples=float(len(news_headline.split_examples(
       ft.data.get('data_dir', ''), split))))
   return out
+
+
+def encoder_spread(model, params, split_rows, batch_size: int) -> float:
+  """Mean over rows of the encoder output's std over the row's source positions (mean over
+  features) over its root-mean-square there: ~1 fresh, ~0 for a collapsed encoder."""
+  @jax.jit
+  def spread_B(params, tokens, segment_ids, positions):
+    hidden = model.apply({'params': params}, tokens, segment_ids=segment_ids, positions=positions,
+                         method='encode').astype(jnp.float32)  # [B, S, D]
+    w = (segment_ids > 0).astype(jnp.float32)[..., None]
+    n = jnp.maximum(jnp.sum(w, axis=1), 1.0)  # [B, 1]
+    mean = jnp.sum(hidden * w, axis=1) / n
+    var = jnp.sum(jnp.square(hidden - mean[:, None]) * w, axis=1) / n
+    rms = jnp.sqrt(jnp.sum(jnp.square(hidden) * w, axis=(1, 2)) / (n[:, 0] * hidden.shape[-1]))
+    return jnp.mean(jnp.sqrt(var), axis=-1) / jnp.maximum(rms, 1e-12)
+  values = []
+  for start in range(0, len(split_rows), batch_size):
+    chunk = split_rows[start:start + batch_size]
+    batch = {k: np.stack([r[k] for r in chunk]) for k in ('tokens', 'segment_ids', 'positions')}
+    values += list(np.asarray(spread_B(params, batch['tokens'], batch['segment_ids'],
+                                       batch['positions'])))
+  return float(np.mean(values))
 
 
 def measure_row(workdir: str, row: dict[str, Any], split: str = 'test') -> dict[str, Any]:
@@ -123,7 +153,7 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], split: str) ->
            'after each title\'s own article and after another article of the split; gain = '
            'other - own.', '',
            '| member | init | seeds | recorded loss | own article | other article | **gain** | '
-           'recorded ROUGE-1 |', '|---|---|---|---|---|---|---|---|']
+           'encoder spread | recorded ROUGE-1 |', '|---|---|---|---|---|---|---|---|---|']
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in results:
     groups.setdefault((r['member'], r['init']), []).append(r)
@@ -132,6 +162,8 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], split: str) ->
     cells = [generation.mean_std([r[k] for r in rs])
              for k in ('recorded_loss', 'own', 'other', 'gain', 'recorded_rouge1')]
     cells[3] = f'**{cells[3]}**'
+    spreads = [r['spread'] for r in rs if 'spread' in r]
+    cells.insert(4, ' / '.join(f'{v:.2g}' for v in spreads) if spreads else '—')
     lines.append(f'| {label} | {init} | {len(rs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -154,18 +186,9 @@ def run(workdir: str, split: str = 'test') -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m ptm_jax.tasks.source_reliance',
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='a finished seq2seq comparison or fine-tune')
-  parser.add_argument('--split', default='test', choices=('test', 'validation'))
-  args = parser.parse_args(argv)
-  try:
-    print(run(args.workdir, args.split))
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
+  from ptm_jax.tasks import redecode  # pylint: disable=g-import-not-at-top
+  return redecode.finished_run_cli('python -m ptm_jax.tasks.source_reliance', __doc__, argv,
+                                   lambda parser: None, lambda args: run(args.workdir, args.split))
 
 
 if __name__ == '__main__':
