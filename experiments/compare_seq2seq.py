@@ -27,7 +27,10 @@ runs floor(budget / its FLOPs per step) steps. Fine-tuning (tasks/generation.py)
 seq2seq form, dev-loss selection, decoding (beam 4, length penalty 0.6; greedy for `runlocal`),
 ROUGE-1/2/L F on the held-out test articles (their text and titles are not in `news_en`), and the
 teacher-forced test loss of their titles at the selected step (it ranks the inits where decoding
-has not learned to condition on the article yet, as at the `cpu` size).
+has not learned to condition on the article yet, as at the `cpu` size) and the source gain, that
+loss after another article minus after its own (tasks/source_reliance.py: 0 = the decoder does
+not read the article, as BART's and MASS's at the `cpu` size, whose encoders the shared LR of
+2e-3 collapsed).
 The random-init baseline is the reference (`t5`) architecture.
 
   python -m ptm_jax.main --config experiments/compare_seq2seq.py:runlocal --workdir runs/s2s
