@@ -87,12 +87,13 @@ def title_losses_with(model, params, ft, tokenizer, split: str = 'test') -> dict
   eval_step = jax.jit(steps.make_eval_step(loss_fn, corrupt_fn))
   params = jax.device_put(params, jax.devices()[0])
   batch_size = int(ft.train.eval_batch_size or ft.train.batch_size)
-  out: dict[str, float] = {}
-  for name, other in (('own', False), ('other', True)):
-    split_rows = rows(ft, tokenizer, split, other)
-    # Static shapes: the last batch is completed by empty rows (weight 0), as the task iterator's.
-    split_rows += [news_headline.encode_fn(ft.data, tokenizer)({})] * (-len(split_rows)
-                                                                      % batch_size)
+  passes = {'own': rows(ft, tokenizer, split, other=False),
+            'other': rows(ft, tokenizer, split, other=True)}
+  # Static shapes: the last batch is completed by empty rows (weight 0), as the task iterator's.
+  empty = news_headline.encode_fn(ft.data, tokenizer)({})
+  out: dict[str, float] = {'examples': float(len(passes['own']))}
+  for name, split_rows in passes.items():
+    split_rows = split_rows + [empty] * (-len(split_rows) % batch_size)
     weight, total = 0.0, 0.0
     for start in range(0, len(split_rows), batch_size):
       batch = {k: np.stack([r[k] for r in split_rows[start:start + batch_size]])
@@ -102,10 +103,9 @@ def title_losses_with(model, params, ft, tokenizer, split: str = 'test') -> dict
       weight += float(m['num_targets'])
     out[name] = total / weight
     out['tokens'] = weight
+  out['gain'] = out['other'] - out['own']
   if str(ft.data.generation_form) == 'encdec':
-    out['spread'] = encoder_spread(model, params, rows(ft, tokenizer, split, False), batch_size)
-  out.update(gain=out['other'] - out['own'], examples=float(len(news_headline.split_examples(
-      ft.data.get('data_dir', ''), split))))
+    out['spread'] = encoder_spread(model, params, passes['own'], batch_size)
   return out
 
 
