@@ -275,6 +275,15 @@ def generate_split(model, params, ft, tokenizer, split: str, options: decoding.O
 
 # ---- one fine-tune -------------------------------------------------------------------------------
 
+def restore_model(ft, run_dir: str, step: int, tokenizer):
+  """(model, params): the fine-tune's model and its step-`step` parameters on the device."""
+  objective = objectives.get('seq2seq_finetune')
+  obj_options = objectives.build_options(objective, ft.objective)
+  model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
+  params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(step)))
+  return model, jax.device_put(params, jax.devices()[0])  # restored on the host
+
+
 def decode_and_score(ft, run_dir: str, step: int, tokenizer, options: decoding.Options,
                      splits, limit: int = 0, suffix: str = '') -> dict[str, dict[str, float]]:
   """ROUGE of the titles that the fine-tune's step-`step` parameters decode with `options`.
@@ -282,11 +291,7 @@ def decode_and_score(ft, run_dir: str, step: int, tokenizer, options: decoding.O
   The generations go to `run_dir/generations_<split><suffix>.jsonl`; returns, per split, the
   ROUGE-1/2/L F-measures and the number of examples.
   """
-  objective = objectives.get('seq2seq_finetune')
-  obj_options = objectives.build_options(objective, ft.objective)
-  model = train_lib.build_model(ft, tokenizer.vocab_size, objective, obj_options)
-  params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(step)))
-  params = jax.device_put(params, jax.devices()[0])  # restored on the host; decode on the device
+  model, params = restore_model(ft, run_dir, step, tokenizer)
   scores = {}
   for split in splits:
     generated = generate_split(model, params, ft, tokenizer, split, options, limit)

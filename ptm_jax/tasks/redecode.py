@@ -78,15 +78,20 @@ def _read_predictions(path: str) -> list[str]:
     return [json.loads(line)['prediction'] for line in f if line.strip()]
 
 
-def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], split: str,
-                 tag: str) -> dict[str, Any]:
-  """Decodes one row's selected checkpoint with its search changed by `changes`."""
+def load_row(workdir: str, row: dict[str, Any]):
+  """(run directory, fine-tune config, tokenizer) of one finished row of the run in `workdir`."""
   from ptm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  from ptm_jax.tasks import finetune, generation  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, row['workdir'])  # rows of a comparison are relative to it
   with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
     ft = ml_collections.ConfigDict(json.load(f))
-  tokenizer = tokenizers.load_or_train(ft.data.tokenizer, ft.data)
+  return run_dir, ft, tokenizers.load_or_train(ft.data.tokenizer, ft.data)
+
+
+def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], split: str,
+                 tag: str) -> dict[str, Any]:
+  """Decodes one row's selected checkpoint with its search changed by `changes`."""
+  from ptm_jax.tasks import finetune, generation  # pylint: disable=g-import-not-at-top
+  run_dir, ft, tokenizer = load_row(workdir, row)
   options = generation.decode_options(lambda name: finetune.downstream_field(ft, name),
                                       tokenizer.specials)
   options = dataclasses.replace(options, **changes)

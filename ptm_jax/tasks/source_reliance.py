@@ -38,13 +38,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from ptm_jax import checkpoint as ckpt
 from ptm_jax import objectives
 from ptm_jax import steps
-from ptm_jax import train as train_lib
 from ptm_jax.data.sources import news_headline
 
 
@@ -71,10 +68,8 @@ def rows(ft, tokenizer, split: str, other: bool) -> list[dict[str, np.ndarray]]:
 def title_losses(ft, run_dir: str, step: int, tokenizer, split: str = 'test') -> dict[str, float]:
   """{own, other, gain, examples, tokens}: the split's title loss (nats per title token) after
   each title's own article and after another one, at the fine-tune's step-`step` parameters."""
-  objective = objectives.get('seq2seq_finetune')
-  options = objectives.build_options(objective, ft.objective)
-  model = train_lib.build_model(ft, tokenizer.vocab_size, objective, options)
-  params = ckpt.restore_params(os.path.join(run_dir, 'checkpoints', str(step)))
+  from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top (imports this)
+  model, params = generation.restore_model(ft, run_dir, step, tokenizer)
   return title_losses_with(model, params, ft, tokenizer, split)
 
 
@@ -133,11 +128,8 @@ def encoder_spread(model, params, split_rows, batch_size: int) -> float:
 
 def measure_row(workdir: str, row: dict[str, Any], split: str = 'test') -> dict[str, Any]:
   """`title_losses` of one finished row (its selected step), with the row's recorded scores."""
-  from ptm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  run_dir = os.path.join(workdir, row['workdir'])  # rows of a comparison are relative to it
-  with open(os.path.join(run_dir, 'config.json'), encoding='utf-8') as f:
-    ft = ml_collections.ConfigDict(json.load(f))
-  tokenizer = tokenizers.load_or_train(ft.data.tokenizer, ft.data)
+  from ptm_jax.tasks import redecode  # pylint: disable=g-import-not-at-top
+  run_dir, ft, tokenizer = redecode.load_row(workdir, row)
   losses = title_losses(ft, run_dir, int(row['best_step']), tokenizer, split)
   prefix = 'dev' if split == 'validation' else 'test'
   return {'member': row.get('member', ''), 'init': row['init'], 'seed': int(row['seed']),
