@@ -17,7 +17,7 @@ loss of 6.95 (token accuracy 0.036), a decoder language model's level, not a rec
 post-LN encoder's output has collapsed to one vector at every position (encoder spread 0.002,
 `tasks/source_reliance.encoder_spread`; 0.98 fresh). With LR 3e-4: 6.88 / 0.072 / spread 0.07;
 with warmup 100: 6.40 / 0.105 / 0.011. None copies its input in 300 steps, so `runlocal` is a
-smoke size of the recipe; the README's seq2seq section has the same collapse at the comparison's
+smoke size of the recipe; docs/compare_seq2seq.md has the same collapse at the comparison's
 shared LR (2e-3) and what it does to the fine-tunes.
 
   python -m ptm_jax.main --config experiments/bart.py:runlocal --workdir runs/bart

@@ -99,7 +99,7 @@ def get_config(arg: str = "runlocal"):
     # cores) on news plus the unlabelled rt_sentiment train/validation text (task-adaptive
     # pretraining, Gururangan et al. 2020; the test splits are never read by pretraining). With
     # news only and 500 steps (the size until 2026-12-06) no member beat random init on either
-    # task (README, "The encoder comparison"). Rotary positions (with BERT's learned table,
+    # task (docs/compare_encoders.md). Rotary positions (with BERT's learned table,
     # `--config.model.positions=learned`, these encoders stayed bag-of-words models: README, "Why
     # rotary positions").
     config.data.source = "news_en:0.5,rt_sentiment:0.5"

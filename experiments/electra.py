@@ -25,7 +25,7 @@ that calls every token original scores the share of originals (~0.87). At CPU sc
 this control separates "cannot learn" from "broken": the `compare_encoders:cpu` member's shape,
 then the same with uniform replacements (a temperature of 1e6 flattens the generator's softmax:
 the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-24: eval AUC
-0.558 vs 0.917 (README, the encoder comparison):
+0.558 vs 0.917 (docs/compare_encoders.md):
 
   python -m ptm_jax.main --config experiments/electra.py:runlocal --workdir runs/electra_cpu \
       --config.model.num_layers=2 --config.model.embed_dim=128 --config.model.num_heads=2 \
@@ -37,7 +37,7 @@ the released code's `uniform_generator`) -- 1,000 steps on 2 CPU cores, 2026-11-
   # context only (2026-12-06): --config.objective.replacement=shuffle (each replaced token is
   # another selected position's original from the batch: the token alone tells nothing): AUC
   # 0.536 at this learning rate (2e-3; 0.524 after 4,000 steps), 0.680 at 5e-4; the comparison
-  # rerun at one shared 5e-4 has ELECTRA level with MLM over 4 seeds (README, "A context-only
+  # rerun at one shared 5e-4 has ELECTRA level with MLM over 4 seeds (docs/compare_encoders.md, "A context-only
   # control" and "Every member at one shared learning rate of 5e-4")
 """
 from ptm_jax.configs import base

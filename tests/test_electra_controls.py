@@ -83,7 +83,7 @@ def test_discriminator_learns_context_only_cues():
   """Rows are runs of consecutive ids (5 + (s + i) mod 70, s random): every id is equally common,
   so a shuffled-in replacement differs from an original only in not continuing its neighbours. The
   discriminator must read the context through attention to find it: AUC well above 0.5 shows that
-  path works (on news text at the encoder comparison's `cpu` size it stays ~0.54, README)."""
+  path works (on news text at the encoder comparison's `cpu` size it stays ~0.54, docs/compare_encoders.md)."""
   options = electra.Options(replacement='shuffle')
   fields = dict(FIELDS, embed_dim=64, mlp_dim=128, max_position_embeddings=64)
   model = electra.build_model('encoder', 'runlocal', fields, options)
