@@ -130,3 +130,27 @@ def test_command_lines_refuse_a_workdir_without_a_finished_run_in_one_line(tmp_p
     assert main(['--workdir', str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'has none of compare_seq2seq.json, downstream.json' in err
+
+
+def test_rows_recorded_elsewhere_are_skipped_and_named(tmp_path, capsys):
+  """A comparison that read `records_dir` lists units whose runs (and checkpoints) are on another
+  machine: both tools measure the rows whose run directories are here and name the others."""
+  import json
+  from ptm_jax.tasks import redecode
+  row = dict(metric='rougeL', best_step=100, init='pretrained', seed=0)
+  rows = [dict(row, member='t5', workdir='t5/news_headline/pretrained/seed0'),
+          dict(row, member='bart', workdir='bart/news_headline/pretrained/seed0')]
+  (tmp_path / 'compare_seq2seq.json').write_text(json.dumps({'rows': rows, 'members': {}}))
+  for main in (source_reliance.main, redecode.main):  # no run directory at all: one line
+    assert main(['--workdir', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'none of the 2 finished fine-tunes' in err, err
+  run_dir = tmp_path / rows[0]['workdir']
+  run_dir.mkdir(parents=True)
+  (run_dir / 'config.json').write_text('{}')
+  here, _, elsewhere = redecode.read_rows(str(tmp_path))
+  assert [r['member'] for r in here] == ['t5'] and elsewhere == ['bart seed 0']
+  assert 'skipped bart seed 0' in capsys.readouterr().out
+  assert redecode.skipped_note(elsewhere).strip() == (
+      'Not measured (recorded elsewhere, no run directory here): bart seed 0.')
+  assert redecode.skipped_note([]) == ''

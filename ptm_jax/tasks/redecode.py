@@ -36,8 +36,16 @@ _TAGS = dict(strategy='', num_beams='beams', length_penalty='lp', no_repeat_ngra
              min_new_tokens='min')
 
 
-def read_rows(workdir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """The generation rows of a finished run in `workdir`, and its member labels (if a comparison)."""
+def row_name(row: dict[str, Any]) -> str:
+  return f'{row.get("member") or row["init"]} seed {row["seed"]}'
+
+
+def read_rows(workdir: str) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+  """The generation rows of a finished run in `workdir` whose run directories are here, its member
+  labels (if a comparison) and the names of the rows whose runs are not: a comparison that reads
+  `comparison.records_dir` reports units recorded on another machine or in another workdir, whose
+  records hold scores but no checkpoints. Those are skipped (and said so) rather than stopping the
+  tool after the rows before them."""
   for name in RESULT_FILES:
     path = os.path.join(workdir, name)
     if os.path.exists(path):
@@ -49,7 +57,16 @@ def read_rows(workdir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
               and r.get('best_step')]
       if not rows:
         raise ValueError(f'{path} holds no finished generation fine-tune; nothing to re-decode')
-      return rows, members
+      here = [r for r in rows
+              if os.path.exists(os.path.join(workdir, r['workdir'], 'config.json'))]
+      elsewhere = [row_name(r) for r in rows if r not in here]
+      if not here:
+        raise ValueError(f'none of the {len(rows)} finished fine-tunes in {path} has its run '
+                         f'directory under {workdir} (recorded elsewhere: their records hold no '
+                         'checkpoints); run the tool where the runs were made')
+      for name_ in elsewhere:
+        print(f'skipped {name_}: its run is not under {workdir} (recorded elsewhere)', flush=True)
+      return here, members, elsewhere
   raise FileNotFoundError(f'{workdir} has none of {", ".join(RESULT_FILES)}; point --workdir at a '
                           'finished compare_seq2seq or news_headline fine-tune run')
 
@@ -138,19 +155,26 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[
 
 def run(workdir: str, changes: dict[str, Any], split: str = 'test') -> str:
   """Re-decodes every row of the run in `workdir`; writes redecode_<tag>.md/.json; the table."""
-  rows, members = read_rows(workdir)
+  rows, members, elsewhere = read_rows(workdir)
   tag = tag_of(changes)
   results = []
   for i, row in enumerate(rows, 1):
-    print(f'redecode [{i}/{len(rows)}] {row.get("member") or row["init"]} seed {row["seed"]}',
-          flush=True)
+    print(f'redecode [{i}/{len(rows)}] {row_name(row)}', flush=True)
     results.append(redecode_row(workdir, row, changes, split, tag))
-  text = table(results, members, changes, split)
+  text = table(results, members, changes, split) + skipped_note(elsewhere)
   with open(os.path.join(workdir, f'redecode_{tag}.md'), 'w', encoding='utf-8') as f:
     f.write(text)
   with open(os.path.join(workdir, f'redecode_{tag}.json'), 'w', encoding='utf-8') as f:
-    json.dump({'changes': changes, 'split': split, 'rows': results}, f, indent=1)
+    json.dump({'changes': changes, 'split': split, 'rows': results, 'not_here': elsewhere},
+              f, indent=1)
   return text
+
+
+def skipped_note(elsewhere: list[str]) -> str:
+  """The line under a tool's table that names the rows it could not measure here."""
+  if not elsewhere:
+    return ''
+  return (f'\nNot measured (recorded elsewhere, no run directory here): {", ".join(elsewhere)}.\n')
 
 
 def finished_run_cli(prog: str, doc: str, argv, add_arguments, call) -> int:

@@ -163,17 +163,16 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], split: str) ->
 def run(workdir: str, split: str = 'test') -> str:
   """Measures every finished row of the run in `workdir`; writes source_reliance.md/.json."""
   from ptm_jax.tasks import redecode  # pylint: disable=g-import-not-at-top
-  finished, members = redecode.read_rows(workdir)
+  finished, members, elsewhere = redecode.read_rows(workdir)
   results = []
   for i, row in enumerate(finished, 1):
-    print(f'source_reliance [{i}/{len(finished)}] {row.get("member") or row["init"]} seed '
-          f'{row["seed"]}', flush=True)
+    print(f'source_reliance [{i}/{len(finished)}] {redecode.row_name(row)}', flush=True)
     results.append(measure_row(workdir, row, split))
-  text = table(results, members, split)
+  text = table(results, members, split) + redecode.skipped_note(elsewhere)
   with open(os.path.join(workdir, 'source_reliance.md'), 'w', encoding='utf-8') as f:
     f.write(text)
   with open(os.path.join(workdir, 'source_reliance.json'), 'w', encoding='utf-8') as f:
-    json.dump({'split': split, 'rows': results}, f, indent=1)
+    json.dump({'split': split, 'rows': results, 'not_here': elsewhere}, f, indent=1)
   return text
 
 
