@@ -57,9 +57,12 @@ def read_rows(workdir: str) -> tuple[list[dict[str, Any]], dict[str, Any], list[
               and r.get('best_step')]
       if not rows:
         raise ValueError(f'{path} holds no finished generation fine-tune; nothing to re-decode')
-      here = [r for r in rows
-              if os.path.exists(os.path.join(workdir, r['workdir'], 'config.json'))]
-      elsewhere = [row_name(r) for r in rows if r not in here]
+      here, elsewhere = [], []
+      for r in rows:
+        if os.path.exists(os.path.join(workdir, r['workdir'], 'config.json')):
+          here.append(r)
+        else:
+          elsewhere.append(row_name(r))
       if not here:
         raise ValueError(f'none of the {len(rows)} finished fine-tunes in {path} has its run '
                          f'directory under {workdir} (recorded elsewhere: their records hold no '
@@ -128,6 +131,15 @@ def redecode_row(workdir: str, row: dict[str, Any], changes: dict[str, Any], spl
           'examples': int(scores['examples'])}
 
 
+def by_member(results: list[dict[str, Any]], members: dict[str, Any]):
+  """(label, init, rows) per member / init of a tool's per-row results, in first-seen order."""
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for r in results:
+    groups.setdefault((r['member'], r['init']), []).append(r)
+  return [(members.get(member, {}).get('label', member) if member else init, init, rs)
+          for (member, init), rs in groups.items()]
+
+
 def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[str, Any],
           split: str) -> str:
   """Markdown: per member / init, before -> after (mean ± std over seeds)."""
@@ -138,11 +150,7 @@ def table(results: list[dict[str, Any]], members: dict[str, Any], changes: dict[
            '| member | init | seeds | ROUGE-1 before → after | ROUGE-2 before → after | '
            'ROUGE-L before → after | distinct titles before → after | titles repeating a '
            'piece trigram before → after |', '|---|---|---|---|---|---|---|---|']
-  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-  for r in results:
-    groups.setdefault((r['member'], r['init']), []).append(r)
-  for (member, init), rs in groups.items():
-    label = members.get(member, {}).get('label', member) if member else init
+  for label, init, rs in by_member(results, members):
     cells = [' → '.join(generation.mean_std([r[f'{when}_{k}'] for r in rs])
                         for when in ('before', 'after')) for k in generation.ROUGE_KEYS]
     distinct = lambda when: ' / '.join(f'{r[f"{when}_distinct"]:.0f}' for r in rs)  # noqa: E731

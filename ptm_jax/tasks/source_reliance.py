@@ -140,17 +140,13 @@ def measure_row(workdir: str, row: dict[str, Any], split: str = 'test') -> dict[
 
 def table(results: list[dict[str, Any]], members: dict[str, Any], split: str) -> str:
   """Markdown: per member / init, the losses and the gain (mean ± sample std over seeds)."""
-  from ptm_jax.tasks import generation  # pylint: disable=g-import-not-at-top
+  from ptm_jax.tasks import generation, redecode  # pylint: disable=g-import-not-at-top
   lines = [f'Title loss on `{split}` (nats per title token, teacher-forced, at the selected step) '
            'after each title\'s own article and after another article of the split; gain = '
            'other - own.', '',
            '| member | init | seeds | recorded loss | own article | other article | **gain** | '
            'encoder spread | recorded ROUGE-1 |', '|---|---|---|---|---|---|---|---|---|']
-  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-  for r in results:
-    groups.setdefault((r['member'], r['init']), []).append(r)
-  for (member, init), rs in groups.items():
-    label = members.get(member, {}).get('label', member) if member else init
+  for label, init, rs in redecode.by_member(results, members):
     cells = [generation.mean_std([r[k] for r in rs])
              for k in ('recorded_loss', 'own', 'other', 'gain', 'recorded_rouge1')]
     cells[3] = f'**{cells[3]}**'
